@@ -1,0 +1,85 @@
+"""Orchestrated sagas for asyncio.
+
+Define a sequential saga by subclassing :class:`SagaBase` and decorating async methods
+with :func:`saga_step`; register it on a :class:`SagaManager` and ``await
+manager.start(...)``. State lives in a :class:`SagaStore` (``InMemorySagaStore`` here,
+``SQLiteSagaStore`` and ``PostgresSagaStore`` in their own modules).
+"""
+
+import logging
+
+from lexigram.events.sagas._runtime import RecoveryProblem
+from lexigram.events.sagas.base import SagaBase, saga_step
+from lexigram.events.sagas.config import SagaConfig
+from lexigram.events.sagas.context import Err, Ok, Result, SagaContext, SagaStepResult
+from lexigram.events.sagas.errors import (
+    CompensationFailedError,
+    ConcurrencyConflictError,
+    CorruptRecordError,
+    NonRetryableError,
+    SagaDataError,
+    SagaDefinitionError,
+    SagaError,
+    SagaLeaseError,
+    SagaNotFoundError,
+    SagaStoreError,
+    SagaStoreUnavailableError,
+    SagaTimeoutError,
+)
+from lexigram.events.sagas.events import (
+    SagaCompensated,
+    SagaCompensating,
+    SagaCompleted,
+    SagaEvent,
+    SagaFailed,
+    SagaStarted,
+    SagaStepCompensated,
+    SagaStepCompleted,
+    SagaStepFailed,
+)
+from lexigram.events.sagas.manager import SagaManager, SagaManagerProtocol
+from lexigram.events.sagas.store import InMemorySagaStore, SagaStore
+from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepRecord, SagaStepStatus
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = [
+    "CompensationFailedError",
+    "ConcurrencyConflictError",
+    "CorruptRecordError",
+    "Err",
+    "InMemorySagaStore",
+    "NonRetryableError",
+    "Ok",
+    "RecoveryProblem",
+    "Result",
+    "SagaBase",
+    "SagaCompensated",
+    "SagaCompensating",
+    "SagaCompleted",
+    "SagaConfig",
+    "SagaContext",
+    "SagaDataError",
+    "SagaDefinitionError",
+    "SagaError",
+    "SagaEvent",
+    "SagaFailed",
+    "SagaLeaseError",
+    "SagaManager",
+    "SagaManagerProtocol",
+    "SagaNotFoundError",
+    "SagaRecord",
+    "SagaStarted",
+    "SagaStatus",
+    "SagaStepCompensated",
+    "SagaStepCompleted",
+    "SagaStepFailed",
+    "SagaStepRecord",
+    "SagaStepResult",
+    "SagaStepStatus",
+    "SagaStore",
+    "SagaStoreError",
+    "SagaStoreUnavailableError",
+    "SagaTimeoutError",
+    "saga_step",
+]

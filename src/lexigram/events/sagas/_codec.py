@@ -1,0 +1,299 @@
+"""JSON encoding of saga records, shared by every store (never pickle).
+
+A record is stored as one JSON document (``FORMAT_VERSION`` in key ``"v"``); stores may
+copy a few fields (status, lease, times) into indexed columns, but the document is the
+truth. Decoding validates every field and raises ``CorruptRecordError`` naming the field,
+so a corrupt or foreign row is reported instead of half-read. Error messages never
+include context payloads, only keys and field names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from lexigram.events.sagas.errors import CorruptRecordError, SagaDataError
+from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepRecord, SagaStepStatus
+
+__all__ = [
+    "FORMAT_VERSION",
+    "check_data",
+    "decode_record",
+    "dump_record",
+    "encode_record",
+    "format_time",
+    "load_record",
+    "parse_time",
+]
+
+FORMAT_VERSION = 1
+
+_dumps = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=True
+).encode
+_loads = json.loads
+
+
+def format_time(value: datetime | None) -> str | None:
+    """Return ``value`` as an ISO-8601 UTC string (``None`` stays ``None``)."""
+    return None if value is None else value.astimezone(UTC).isoformat()
+
+
+def parse_time(value: object, field: str, saga_id: str | None = None) -> datetime | None:
+    """Parse an ISO-8601 string written by ``format_time``; raise ``CorruptRecordError``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is not None:
+                return parsed.astimezone(UTC)
+    raise CorruptRecordError(
+        f"saga record field '{field}' is not a UTC timestamp", saga_id=saga_id, field=field
+    )
+
+
+def check_data(data: object, *, what: str = "data") -> dict[str, Any]:
+    """Validate that ``data`` is a JSON object and return a detached copy of it.
+
+    Keys must be strings at every depth (JSON would silently turn others into strings, so a
+    value would not round-trip), values JSON values, floats finite.
+
+    Raises:
+        SagaDataError: naming the offending top-level keys (never their values).
+    """
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SagaDataError(f"saga {what} must be a dict, got {type(data).__name__}")
+    bad = [key for key, value in data.items() if not isinstance(key, str) or not _is_json(value)]
+    if bad:
+        names = ", ".join(repr(key) if not isinstance(key, str) else f"'{key}'" for key in bad)
+        raise SagaDataError(
+            f"saga {what} is not JSON-serialisable at key(s) {names}",
+            keys=[str(key) for key in bad],
+        )
+    copied: dict[str, Any] = _loads(_dumps(data))
+    return copied
+
+
+def _is_json(value: object, depth: int = 0) -> bool:
+    if depth > 200:
+        return False
+    if value is None or isinstance(value, str | bool | int):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list | tuple):
+        return all(_is_json(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return all(
+            isinstance(key, str) and _is_json(item, depth + 1) for key, item in value.items()
+        )
+    return False
+
+
+def unserialisable_keys(data: dict[str, Any]) -> list[str]:
+    """Return the top-level keys of ``data`` whose values are not JSON values."""
+    return [
+        str(key) for key, value in data.items() if not isinstance(key, str) or not _is_json(value)
+    ]
+
+
+def _step_to_json(step: SagaStepRecord) -> dict[str, Any]:
+    return {
+        "step_name": step.step_name,
+        "status": step.status.value,
+        "started_at": format_time(step.started_at),
+        "completed_at": format_time(step.completed_at),
+        "output": step.output,
+        "error": step.error,
+        "attempts": step.attempts,
+        "attempt_errors": step.attempt_errors,
+        "compensation_attempts": step.compensation_attempts,
+        "compensation_error": step.compensation_error,
+        "compensated_at": format_time(step.compensated_at),
+        "completion_seq": step.completion_seq,
+        "visits": step.visits,
+        "parent": step.parent,
+    }
+
+
+def dump_record(record: SagaRecord) -> dict[str, Any]:
+    """Return ``record`` as a JSON-ready dict (the shared document shape)."""
+    return {
+        "v": FORMAT_VERSION,
+        "saga_id": record.saga_id,
+        "saga_name": record.saga_name,
+        "status": record.status.value,
+        "data": record.data,
+        "steps": [_step_to_json(step) for step in record.steps.values()],
+        "created_at": format_time(record.created_at),
+        "updated_at": format_time(record.updated_at),
+        "completed_at": format_time(record.completed_at),
+        "error": record.error,
+        "version": record.version,
+        "metadata": record.metadata,
+        "deadline_at": format_time(record.deadline_at),
+        "current_step": record.current_step,
+        "transitions": record.transitions,
+        "lease_owner": record.lease_owner,
+        "lease_id": record.lease_id,
+        "lease_expires_at": format_time(record.lease_expires_at),
+        "previous_owner": record.previous_owner,
+        "recovery_attempts": record.recovery_attempts,
+    }
+
+
+def encode_record(record: SagaRecord) -> str:
+    """Return ``record`` as JSON text.
+
+    Raises:
+        SagaDataError: the context data or a step output holds a value JSON cannot store;
+            ``keys`` names the offending top-level data keys or ``step:<name>`` outputs.
+    """
+    try:
+        return _dumps(dump_record(record))
+    except (TypeError, ValueError, RecursionError):
+        bad = unserialisable_keys(record.data)
+        bad += [
+            f"step:{name}"
+            for name, step in record.steps.items()
+            if not _is_json(step.output) or not _is_json(record.metadata)
+        ]
+        names = ", ".join(f"'{key}'" for key in bad) or "(metadata)"
+        raise SagaDataError(
+            f"saga '{record.saga_id}' cannot be stored: not JSON-serialisable at {names}",
+            keys=bad,
+            saga_id=record.saga_id,
+        ) from None
+
+
+def _field(
+    doc: dict[str, Any], name: str, kinds: type | tuple[type, ...], saga_id: str | None
+) -> Any:
+    value = doc.get(name)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in _as_tuple(kinds)):
+        raise CorruptRecordError(
+            f"saga record field '{name}' is missing or has the wrong type",
+            saga_id=saga_id,
+            field=name,
+        )
+    return value
+
+
+def _as_tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kinds if isinstance(kinds, tuple) else (kinds,)
+
+
+_OPT_STR = (str, type(None))
+_OPT_INT = (int, type(None))
+
+
+def _status(
+    kind: type[SagaStatus] | type[SagaStepStatus], value: object, field: str, saga_id: str | None
+) -> Any:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return kind(value)
+    raise CorruptRecordError(
+        f"saga record field '{field}' has an unknown status", saga_id=saga_id, field=field
+    )
+
+
+def _step_from_json(raw: object, saga_id: str | None) -> SagaStepRecord:
+    if not isinstance(raw, dict):
+        raise CorruptRecordError(
+            "saga record 'steps' holds a non-object", saga_id=saga_id, field="steps"
+        )
+    errors = _field(raw, "attempt_errors", list, saga_id)
+    if not all(isinstance(item, str) for item in errors):
+        raise CorruptRecordError(
+            "saga record field 'attempt_errors' must hold strings",
+            saga_id=saga_id,
+            field="attempt_errors",
+        )
+    return SagaStepRecord(
+        step_name=_field(raw, "step_name", str, saga_id),
+        status=_status(SagaStepStatus, raw.get("status"), "steps.status", saga_id),
+        started_at=parse_time(raw.get("started_at"), "steps.started_at", saga_id),
+        completed_at=parse_time(raw.get("completed_at"), "steps.completed_at", saga_id),
+        output=_field(raw, "output", dict, saga_id),
+        error=_field(raw, "error", _OPT_STR, saga_id),
+        attempts=_field(raw, "attempts", int, saga_id),
+        attempt_errors=errors,
+        compensation_attempts=_field(raw, "compensation_attempts", int, saga_id),
+        compensation_error=_field(raw, "compensation_error", _OPT_STR, saga_id),
+        compensated_at=parse_time(raw.get("compensated_at"), "steps.compensated_at", saga_id),
+        completion_seq=_field(raw, "completion_seq", _OPT_INT, saga_id),
+        visits=_field(raw, "visits", int, saga_id),
+        parent=_field(raw, "parent", _OPT_STR, saga_id),
+    )
+
+
+def load_record(doc: object, *, saga_id: str | None = None) -> SagaRecord:
+    """Build a record from a decoded JSON document, validating every field.
+
+    Raises:
+        CorruptRecordError: the document is not a saga record of a known format version.
+    """
+    if not isinstance(doc, dict):
+        raise CorruptRecordError("saga record is not a JSON object", saga_id=saga_id)
+    version = doc.get("v")
+    if version != FORMAT_VERSION:
+        raise CorruptRecordError(
+            f"saga record has unknown format version {version!r} (this library reads "
+            f"{FORMAT_VERSION})",
+            saga_id=saga_id,
+            field="v",
+        )
+    own_id = _field(doc, "saga_id", str, saga_id)
+    if saga_id is not None and own_id != saga_id:
+        raise CorruptRecordError(
+            "saga record holds a different saga_id than its key", saga_id=saga_id, field="saga_id"
+        )
+    steps_raw = _field(doc, "steps", list, own_id)
+    steps: dict[str, SagaStepRecord] = {}
+    for raw in steps_raw:
+        step = _step_from_json(raw, own_id)
+        steps[step.step_name] = step
+    return SagaRecord(
+        saga_id=own_id,
+        saga_name=_field(doc, "saga_name", str, own_id),
+        status=_status(SagaStatus, doc.get("status"), "status", own_id),
+        data=_field(doc, "data", dict, own_id),
+        steps=steps,
+        created_at=parse_time(doc.get("created_at"), "created_at", own_id),
+        updated_at=parse_time(doc.get("updated_at"), "updated_at", own_id),
+        completed_at=parse_time(doc.get("completed_at"), "completed_at", own_id),
+        error=_field(doc, "error", _OPT_STR, own_id),
+        version=_field(doc, "version", int, own_id),
+        metadata=_field(doc, "metadata", dict, own_id),
+        deadline_at=parse_time(doc.get("deadline_at"), "deadline_at", own_id),
+        current_step=_field(doc, "current_step", _OPT_STR, own_id),
+        transitions=_field(doc, "transitions", int, own_id),
+        lease_owner=_field(doc, "lease_owner", _OPT_STR, own_id),
+        lease_id=_field(doc, "lease_id", _OPT_STR, own_id),
+        lease_expires_at=parse_time(doc.get("lease_expires_at"), "lease_expires_at", own_id),
+        previous_owner=_field(doc, "previous_owner", _OPT_STR, own_id),
+        recovery_attempts=_field(doc, "recovery_attempts", int, own_id),
+    )
+
+
+def decode_record(text: str | bytes, *, saga_id: str | None = None) -> SagaRecord:
+    """Parse JSON text written by ``encode_record``.
+
+    Raises:
+        CorruptRecordError: the text is not JSON or not a saga record.
+    """
+    try:
+        doc = _loads(text)
+    except (ValueError, RecursionError):
+        raise CorruptRecordError("saga record is not valid JSON", saga_id=saga_id) from None
+    return load_record(doc, saga_id=saga_id)

@@ -1,0 +1,901 @@
+"""The one execution engine: runs a compiled flow for one saga, from any persistence point.
+
+Both front-ends hand the engine a :class:`~lexigram.events.sagas._flow.Flow` and a stored
+record; the engine does the rest: steps and parallel groups, conditional transitions,
+retries with backoff, per-attempt timeouts, the saga deadline, persistence points,
+compensation, cancellation, shutdown, leases and lifecycle events.
+
+Persistence points (each one ``store.save``, i.e. one durable write):
+
+- ``start()`` inserts the ``PENDING`` record, already leased to this worker;
+- every step completion (with the context changes and the next step), the last one
+  together with the terminal status;
+- every failed attempt that will be retried (so attempts survive a crash);
+- the failure that starts compensation (step ``FAILED``, saga ``COMPENSATING``);
+- every compensation outcome, the last one together with the terminal status.
+
+A 3-step saga that completes therefore costs 4 writes. Nothing is written before a step
+starts: after a crash the step after the last durable point is the one that was in flight,
+and it runs again (steps are at-least-once).
+
+How a run is stopped: ``SagaRun.stop(reason)`` records the reason and cancels the tasks
+that are awaiting user code (a step, a compensation, a retry delay) at that moment; code
+that is persisting is never cancelled, it finishes its write and the next checkpoint sees
+the reason. Cancel and deadline stop only forward steps (compensations are shielded);
+shutdown and a lost lease stop everything, without writing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from lexigram.events._bus import EventBusProtocol
+from lexigram.events._result import Err, Ok
+from lexigram.events.sagas import events as ev
+from lexigram.events.sagas._flow import Flow, FlowStep, RetryPolicy, StepCallable
+from lexigram.events.sagas.config import SagaConfig
+from lexigram.events.sagas.context import SagaContext, SagaStepResult
+from lexigram.events.sagas.errors import (
+    ConcurrencyConflictError,
+    SagaDataError,
+    SagaStoreUnavailableError,
+)
+from lexigram.events.sagas.store import SagaStore
+from lexigram.events.sagas.types import (
+    SagaRecord,
+    SagaStatus,
+    SagaStepRecord,
+    SagaStepStatus,
+)
+
+__all__ = ["CANCEL", "DEADLINE", "LEASE_LOST", "SHUTDOWN", "Engine", "SagaRun", "retry_delay"]
+
+logger = logging.getLogger("lexigram.events.sagas")
+
+CANCEL: Final = "cancel"
+DEADLINE: Final = "deadline"
+SHUTDOWN: Final = "shutdown"
+LEASE_LOST: Final = "lease_lost"
+_HARD_STOPS: Final = frozenset({SHUTDOWN, LEASE_LOST})
+
+_RUNNING = SagaStepStatus.RUNNING
+_COMPLETED = SagaStepStatus.COMPLETED
+_FAILED = SagaStepStatus.FAILED
+
+
+class _Interrupted(Exception):  # noqa: N818 - private control-flow signal
+    """Unwinds a run that was stopped (cancel, deadline, shutdown, lost lease)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def retry_delay(
+    attempt: int, policy: RetryPolicy, config: SagaConfig, rand: Callable[[], float]
+) -> float:
+    """Delay before retrying after failed attempt ``attempt`` (1-based), in seconds.
+
+    ``min(retry_delay * backoff_multiplier ** (attempt - 1), max_retry_delay)`` scaled by a
+    random factor in ``[1 - jitter, 1 + jitter]``; ``rand`` returns a float in ``[0, 1)``.
+    """
+    base = min(
+        policy.retry_delay * config.backoff_multiplier ** (attempt - 1), config.max_retry_delay
+    )
+    return max(0.0, base * (1.0 + config.jitter * (2.0 * rand() - 1.0)))
+
+
+def describe_error(exc: BaseException) -> str:
+    """Render an exception as ``Type: message`` for a step record."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def interpret_result(raw: object, step_name: str) -> tuple[bool, dict[str, Any], str, bool]:
+    """Turn whatever a step returned into ``(success, output, error, retryable)``."""
+    if raw is None:
+        return True, {}, "", False
+    if isinstance(raw, SagaStepResult):
+        if raw.success:
+            output: object = raw.output  # typed as a dict, but callers may pass anything
+            if isinstance(output, dict):
+                return True, output, "", False
+            return False, {}, _wrong_type(step_name, "SagaStepResult.output", output), False
+        return False, {}, raw.error or "step reported failure", raw.retryable
+    if isinstance(raw, dict):
+        return True, raw, "", False
+    if isinstance(raw, Ok):
+        value = raw.value
+        if value is None:
+            return True, {}, "", False
+        return True, (value if isinstance(value, dict) else {"value": value}), "", False
+    if isinstance(raw, Err):
+        error = raw.error
+        text = describe_error(error) if isinstance(error, BaseException) else str(error)
+        return False, {}, text, False
+    return False, {}, _wrong_type(step_name, "result", raw), False
+
+
+def _wrong_type(step_name: str, what: str, value: object) -> str:
+    return (
+        f"step '{step_name}' returned a {what} of type {type(value).__name__}; expected "
+        "SagaStepResult, Ok, Err, dict or None"
+    )
+
+
+class SagaRun:
+    """One saga being run by this worker: its record, context and stop signal."""
+
+    __slots__ = (
+        "_cancelled",
+        "_in_user_code",
+        "_save_lock",
+        "ctx",
+        "deadline_handle",
+        "done",
+        "flow",
+        "instance",
+        "record",
+        "seq",
+        "stop_message",
+        "stop_reason",
+        "task",
+    )
+
+    def __init__(self, record: SagaRecord, flow: Flow, done: asyncio.Future[SagaRecord | None]):
+        self.record = record
+        self.flow = flow
+        self.done = done
+        self.instance: object = None
+        self.task: asyncio.Task[None] | None = None
+        self.stop_reason: str | None = None
+        self.stop_message = ""
+        self.deadline_handle: asyncio.TimerHandle | None = None
+        # Tasks awaiting user code now -> whether a cancel/deadline may interrupt them.
+        self._in_user_code: dict[asyncio.Task[Any], bool] = {}
+        # Tasks this run cancelled and that have not absorbed the cancellation yet.
+        self._cancelled: set[asyncio.Task[Any]] = set()
+        self._save_lock: asyncio.Lock | None = None
+        self.seq = 1 + max(
+            (s.completion_seq for s in record.steps.values() if s.completion_seq is not None),
+            default=0,
+        )
+        self.ctx = SagaContext(
+            record.saga_id,
+            record.saga_name,
+            record.data,
+            {
+                name: step.output
+                for name, step in record.steps.items()
+                if step.completion_seq is not None
+            },
+            record.metadata,
+        )
+
+    def stop(self, reason: str, message: str = "") -> None:
+        """Ask the run to stop; shutdown and lease loss override cancel and deadline."""
+        if self.stop_reason in _HARD_STOPS or (
+            self.stop_reason is not None and reason not in _HARD_STOPS
+        ):
+            return
+        self.stop_reason = reason
+        self.stop_message = message
+        hard = reason in _HARD_STOPS
+        for task, forward in self._in_user_code.items():
+            if (forward or hard) and task not in self._cancelled:
+                self._cancelled.add(task)
+                task.cancel()
+
+    async def call_user(self, awaitable: Awaitable[Any], *, forward: bool) -> Any:
+        """Await user code so that ``stop()`` can interrupt it; raise ``_Interrupted``."""
+        task = asyncio.current_task()
+        assert task is not None  # always inside a task
+        self._in_user_code[task] = forward
+        try:
+            result = await awaitable
+        except asyncio.CancelledError:
+            if task not in self._cancelled:
+                raise  # not ours: the caller's task is being cancelled
+            self._cancelled.discard(task)
+            if task.uncancel() > 0:
+                raise  # someone else cancelled it too
+            raise _Interrupted(self.stop_reason or SHUTDOWN) from None
+        finally:
+            del self._in_user_code[task]
+        if task in self._cancelled:
+            # Our cancel came as the user code finished (or the code swallowed it): absorb
+            # it here so it cannot hit the engine's next write. The result stands; the next
+            # checkpoint sees the stop reason.
+            self._cancelled.discard(task)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0)
+            if task.uncancel() > 0:
+                raise asyncio.CancelledError
+        return result
+
+    def checkpoint(self, *, forward: bool) -> None:
+        """Raise ``_Interrupted`` if a stop was requested that applies here."""
+        reason = self.stop_reason
+        if reason is not None and (forward or reason in _HARD_STOPS):
+            raise _Interrupted(reason)
+
+    def save_lock(self) -> asyncio.Lock:
+        """The lock serialising this run's saves (needed once children save in parallel)."""
+        if self._save_lock is None:
+            self._save_lock = asyncio.Lock()
+        return self._save_lock
+
+
+class Engine:
+    """Runs flows against a store. Owned by one manager or orchestrator (one worker)."""
+
+    def __init__(
+        self,
+        store: SagaStore,
+        config: SagaConfig,
+        *,
+        event_bus: EventBusProtocol | None,
+        worker_id: str,
+        lease_id: str,
+        clock: Callable[[], datetime],
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.bus = event_bus
+        self.worker_id = worker_id
+        self.lease_id = lease_id
+        self.clock = clock
+        self.rand = rand
+        self.runs: dict[str, SagaRun] = {}
+        self._lease = timedelta(seconds=config.lease_seconds)
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ launching
+
+    def launch(
+        self, record: SagaRecord, flow: Flow, *, stop: tuple[str, str] | None = None
+    ) -> SagaRun:
+        """Start running ``record`` (already stored and leased to this worker) in a task."""
+        loop = asyncio.get_running_loop()
+        run = SagaRun(record, flow, loop.create_future())
+        if stop is not None:
+            run.stop(*stop)
+        self.runs[record.saga_id] = run
+        if record.deadline_at is not None:
+            delay = (record.deadline_at - self.clock()).total_seconds()
+            run.deadline_handle = loop.call_later(
+                max(delay, 0.0), run.stop, DEADLINE, "saga deadline passed"
+            )
+        run.task = loop.create_task(self._run(run), name=f"saga:{record.saga_id}")
+        if self._heartbeat is None:
+            self._heartbeat = loop.create_task(self._beat(), name="saga-heartbeat")
+        return run
+
+    async def _run(self, run: SagaRun) -> None:
+        record = run.record
+        final: SagaRecord | None = None
+        try:
+            run.instance = run.flow.make_instance()
+            await self._drive(run)
+            final = record
+        except _Interrupted as stop:
+            logger.info("saga %s stopped (%s); it stays resumable", record.saga_id, stop.reason)
+        except asyncio.CancelledError:
+            logger.info("saga %s task cancelled; it stays resumable", record.saga_id)
+            raise
+        except Exception:
+            # An engine or store failure, never a step failure: leave the saga as stored so
+            # any worker can recover it, and say why.
+            logger.exception("saga %s could not continue; it stays resumable", record.saga_id)
+        finally:
+            if run.deadline_handle is not None:
+                run.deadline_handle.cancel()
+            del self.runs[record.saga_id]
+            if not record.is_terminal and run.stop_reason != LEASE_LOST:
+                await self._release(record)
+            if not run.done.done():
+                run.done.set_result(final if final is not None and final.is_terminal else None)
+
+    async def _release(self, record: SagaRecord) -> None:
+        try:
+            await self.store.release(record.saga_id, self.worker_id, self.lease_id)
+        except Exception:
+            logger.warning("could not release lease of saga %s", record.saga_id, exc_info=True)
+
+    # ------------------------------------------------------------------ driving a run
+
+    async def _drive(self, run: SagaRun) -> None:
+        record = run.record
+        poisoned = record.recovery_attempts > self.config.max_recovery_attempts
+        if record.status is SagaStatus.COMPENSATING:
+            await self._compensate(run, poisoned=poisoned)
+            return
+        if record.status is SagaStatus.PENDING:
+            record.status = SagaStatus.RUNNING
+            await self._publish(run, ev.SagaStarted)
+        error: str | None
+        try:
+            if poisoned:
+                error = self._poison_message()
+                self._fail_in_flight(run, error)
+                error = f"step '{record.current_step}' failed: {error}"
+            else:
+                error = await self._forward(run)
+                if error is None:
+                    return
+        except _Interrupted as stop:
+            if stop.reason in _HARD_STOPS:
+                raise
+            error = self._stop_error(run)
+            self._fail_in_flight(run, error)
+        await self._begin_compensation(run, error)
+
+    def _poison_message(self) -> str:
+        return (
+            "the saga kept crashing its worker: taken over "
+            f"{self.config.max_recovery_attempts + 1} times without progress"
+        )
+
+    def _stop_error(self, run: SagaRun) -> str:
+        if run.stop_reason == DEADLINE:
+            return (
+                f"saga timed out: its deadline of {self.config.default_timeout_seconds:g}s passed"
+            )
+        return f"saga cancelled: {run.stop_message or 'cancelled'}"
+
+    def _fail_in_flight(self, run: SagaRun, error: str) -> None:
+        """Mark the steps that were running (or about to run) as failed with ``error``."""
+        running = [step for step in run.record.steps.values() if step.status is _RUNNING]
+        name = run.record.current_step
+        if not running and name is not None and name in run.flow.steps:
+            step = run.record.steps.get(name)
+            if step is None or step.status is not _COMPLETED:
+                self._record_failure(run, run.flow.steps[name], error)
+        for step in running:
+            step.status = _FAILED
+            step.error = error
+            step.completed_at = self.clock()
+
+    async def _forward(self, run: SagaRun) -> str | None:
+        """Run steps from ``current_step``; return ``None`` when completed, else the error."""
+        record = run.record
+        flow = run.flow
+        max_transitions = self.config.max_transitions
+        while True:
+            name = record.current_step
+            if name is None:  # every step done; only the terminal write was missing
+                await self._finish(run, SagaStatus.COMPLETED, None)
+                return None
+            run.checkpoint(forward=True)
+            node = flow.steps[name]
+            if record.transitions >= max_transitions:
+                error = (
+                    f"the flow exceeded max_transitions ({max_transitions}) "
+                    f"before entering step '{name}'"
+                )
+                self._record_failure(run, node, error)
+                return f"step '{name}' failed: {error}"
+            record.transitions += 1
+            if node.is_group:
+                ok, error = await self._run_group(run, node, run.ctx)
+            else:
+                ok, error = await self._run_step(run, node, run.ctx)
+            if ok:
+                nxt, error = self._next_step(run, node)
+                if error:
+                    self._record_failure(run, node, error)
+                else:
+                    record.current_step = nxt
+                    if nxt is None:
+                        self._set_terminal(record, SagaStatus.COMPLETED, None)
+                    if await self._commit_step(run, node, terminal=nxt is None):
+                        if nxt is None:
+                            await self._announce(run)
+                            return None
+                        continue
+                    record.current_step = name
+                    error = record.steps[name].error or ""
+            if node.on_failure is not None:
+                record.current_step = node.on_failure
+                await self._save(run)
+                continue
+            return f"step '{name}' failed: {error}"
+
+    def _next_step(self, run: SagaRun, node: FlowStep) -> tuple[str | None, str]:
+        """Resolve where the flow goes after ``node``: ``(name, "")`` or ``(None, error)``."""
+        target = node.next
+        if target is None or isinstance(target, str):
+            return target, ""
+        try:
+            chosen = target(run.ctx)
+        except Exception as exc:
+            return None, f"the transition after step '{node.name}' raised {describe_error(exc)}"
+        if chosen is None:
+            return None, ""
+        if not isinstance(chosen, str) or chosen not in run.flow.steps:
+            return None, f"the transition after step '{node.name}' returned unknown step {chosen!r}"
+        if run.flow.steps[chosen].parent is not None:
+            return None, (
+                f"the transition after step '{node.name}' returned '{chosen}', a child of a "
+                "parallel group"
+            )
+        return chosen, ""
+
+    def _record_failure(self, run: SagaRun, node: FlowStep, error: str) -> None:
+        step = run.record.steps.get(node.name)
+        if step is None:
+            step = run.record.steps[node.name] = SagaStepRecord(node.name, parent=node.parent)
+        step.status = _FAILED
+        step.error = error
+        step.completion_seq = None
+        step.completed_at = self.clock()
+        run.ctx.step_results.pop(node.name, None)
+
+    def _enter(self, run: SagaRun, node: FlowStep) -> SagaStepRecord:
+        """Return the step's record, starting a new visit unless one is in progress."""
+        record = run.record
+        step = record.steps.get(node.name)
+        if step is None:
+            step = record.steps[node.name] = SagaStepRecord(node.name, parent=node.parent)
+        if step.status is not _RUNNING or step.visits == 0:
+            step.visits += 1
+            step.attempts = 0
+            step.attempt_errors = []
+            step.error = None
+            step.completion_seq = None
+            step.completed_at = None
+            step.started_at = self.clock()
+            step.status = _RUNNING
+        return step
+
+    async def _run_step(self, run: SagaRun, node: FlowStep, ctx: SagaContext) -> tuple[bool, str]:
+        """Attempt one step until it succeeds, fails for good, or the run is stopped."""
+        step = self._enter(run, node)
+        policy = node.policy
+        name = node.name
+        ctx.step_name = name
+        ctx.compensating = False
+        key = f"{run.record.saga_id}:{name}"
+        ctx.idempotency_key = key if step.visits == 1 else f"{key}:{step.visits}"
+        action = node.action
+        assert action is not None  # validated at definition time
+        while True:
+            attempt = step.attempts + 1
+            ctx.attempt = attempt
+            ok, output, error, retryable = await self._attempt(
+                run, action, ctx, policy, name, forward=True
+            )
+            step.attempts = attempt
+            if ok:
+                step.status = _COMPLETED
+                step.output = output
+                step.completed_at = self.clock()
+                step.completion_seq = run.seq
+                run.seq += 1
+                ctx.step_results[name] = output
+                return True, ""
+            step.attempt_errors.append(error)
+            step.error = error
+            will_retry = retryable and attempt <= policy.max_retries
+            await self._publish(
+                run, ev.SagaStepFailed, name, attempt=attempt, error=error, will_retry=will_retry
+            )
+            if not will_retry:
+                step.status = _FAILED
+                step.completed_at = self.clock()
+                return False, error
+            await self._save(run)
+            await self._pause(
+                run, retry_delay(attempt, policy, self.config, self.rand), forward=True
+            )
+
+    async def _attempt(
+        self,
+        run: SagaRun,
+        func: StepCallable,
+        ctx: SagaContext,
+        policy: RetryPolicy,
+        name: str,
+        *,
+        forward: bool,
+    ) -> tuple[bool, dict[str, Any], str, bool]:
+        """Run one attempt of a step or compensation: ``(ok, output, error, retryable)``."""
+        run.checkpoint(forward=forward)
+        timeout = policy.timeout
+        try:
+            if timeout is None:
+                raw = await run.call_user(func(run.instance, ctx), forward=forward)
+            else:
+                async with asyncio.timeout(timeout):
+                    try:
+                        raw = await run.call_user(func(run.instance, ctx), forward=forward)
+                    except TimeoutError as own:  # raised by the step, not by our timeout
+                        raise _StepTimeoutError(describe_error(own)) from own
+        except _StepTimeoutError as exc:
+            return False, {}, str(exc), True
+        except TimeoutError:
+            error = f"SagaTimeoutError: step '{name}' attempt timed out after {timeout:g}s"
+            return False, {}, error, True
+        except _Interrupted:
+            raise
+        except Exception as exc:
+            retryable = not isinstance(exc, self.config.non_retryable_exceptions)
+            return False, {}, describe_error(exc), retryable
+        return interpret_result(raw, name)
+
+    async def _pause(self, run: SagaRun, seconds: float, *, forward: bool) -> None:
+        if seconds > 0:
+            await run.call_user(asyncio.sleep(seconds), forward=forward)
+        run.checkpoint(forward=forward)
+
+    async def _run_group(self, run: SagaRun, node: FlowStep, ctx: SagaContext) -> tuple[bool, str]:
+        """Run a parallel group's unfinished children concurrently; wait for all of them."""
+        group = self._enter(run, node)
+        steps = run.record.steps
+        pending = [
+            child
+            for child in node.children
+            if not (
+                (done := steps.get(child.name)) is not None
+                and done.status is _COMPLETED
+                and done.visits >= group.visits
+            )
+        ]
+        run.save_lock()  # children save concurrently from here on
+        stops: list[str] = []
+        async with asyncio.TaskGroup() as tasks:
+            for child in pending:
+                tasks.create_task(self._run_child(run, child, ctx.for_step(child.name), stops))
+        if stops:
+            raise _Interrupted(next((r for r in stops if r in _HARD_STOPS), stops[0]))
+        failed = [
+            child.name for child in node.children if steps[child.name].status is not _COMPLETED
+        ]
+        if failed:
+            group.status = _FAILED
+            group.error = "parallel step(s) failed: " + "; ".join(
+                f"'{name}': {steps[name].error}" for name in failed
+            )
+            group.completed_at = self.clock()
+            return False, group.error
+        output: dict[str, Any] = {}
+        for child in node.children:
+            output.update(steps[child.name].output)
+        group.status = _COMPLETED
+        group.output = output
+        group.completed_at = self.clock()
+        group.completion_seq = run.seq
+        run.seq += 1
+        ctx.step_results[node.name] = output
+        return True, ""
+
+    async def _run_child(
+        self, run: SagaRun, child: FlowStep, ctx: SagaContext, stops: list[str]
+    ) -> None:
+        """Run one child of a group; report a stop instead of raising (siblings go on)."""
+        try:
+            if child.is_group:
+                ok, _ = await self._run_group(run, child, ctx)
+            else:
+                ok, _ = await self._run_step(run, child, ctx)
+            if ok:
+                await self._commit_step(run, child, terminal=False)
+        except _Interrupted as stop:
+            stops.append(stop.reason)
+
+    async def _commit_step(self, run: SagaRun, node: FlowStep, *, terminal: bool) -> bool:
+        """Persist a step's completion; an output or context JSON cannot hold fails the step."""
+        rejected = await self._save(run, terminal=terminal, commit=True)
+        if not rejected:
+            await self._publish(run, ev.SagaStepCompleted, node.name, attempt=run.ctx.attempt)
+            return True
+        if terminal:
+            run.record.status = SagaStatus.RUNNING
+            run.record.completed_at = None
+        keys = ", ".join(f"'{key}'" for key in rejected)
+        self._record_failure(
+            run,
+            node,
+            f"SagaDataError: step '{node.name}' stored a value that is not JSON-serialisable "
+            f"at {keys}",
+        )
+        return False
+
+    # ------------------------------------------------------------------ compensation
+
+    async def _begin_compensation(self, run: SagaRun, error: str) -> None:
+        record = run.record
+        record.error = error
+        record.current_step = None
+        if not self.config.enable_compensation:
+            await self._finish(run, SagaStatus.FAILED, error)
+            return
+        if not self._to_compensate(run):
+            await self._finish(run, SagaStatus.COMPENSATED, error)
+            return
+        record.status = SagaStatus.COMPENSATING
+        await self._save(run)
+        await self._publish(run, ev.SagaCompensating, error=error)
+        await self._compensate(run, poisoned=False)
+
+    def _to_compensate(self, run: SagaRun) -> list[SagaStepRecord]:
+        """Completed steps that have a compensation, latest completion first."""
+        flow_steps = run.flow.steps
+        todo = [
+            step
+            for step in run.record.steps.values()
+            if step.status in (_COMPLETED, SagaStepStatus.COMPENSATING)
+            and step.step_name in flow_steps
+            and flow_steps[step.step_name].compensation is not None
+        ]
+        todo.sort(key=lambda step: step.completion_seq or 0, reverse=True)
+        return todo
+
+    async def _compensate(self, run: SagaRun, *, poisoned: bool) -> None:
+        record = run.record
+        todo = self._to_compensate(run)
+        for index, step in enumerate(todo):
+            if poisoned and index == 0:
+                step.status = _FAILED
+                step.compensation_error = self._poison_message()
+            else:
+                await self._run_compensation(run, run.flow.steps[step.step_name], step)
+            last = index + 1 == len(todo)
+            if last:
+                self._set_terminal(record, *self._compensation_outcome(record))
+            await self._save(run, terminal=last)
+            if step.status is SagaStepStatus.COMPENSATED:
+                await self._publish(run, ev.SagaStepCompensated, step.step_name)
+        if not todo:
+            await self._finish(run, *self._compensation_outcome(record))
+        else:
+            await self._announce(run)
+
+    @staticmethod
+    def _compensation_outcome(record: SagaRecord) -> tuple[SagaStatus, str]:
+        failed = [
+            step.step_name
+            for step in record.steps.values()
+            if step.status is _FAILED and step.compensation_error is not None
+        ]
+        cause = record.error or "saga failed"
+        if not failed:
+            return SagaStatus.COMPENSATED, cause
+        names = ", ".join(f"'{name}'" for name in failed)
+        return SagaStatus.FAILED, f"compensation failed for step(s) {names}; cause: {cause}"
+
+    async def _run_compensation(self, run: SagaRun, node: FlowStep, step: SagaStepRecord) -> None:
+        """Attempt a compensation (retried on any failure), shielded from cancel requests."""
+        func = node.compensation
+        assert func is not None  # filtered by _to_compensate
+        policy = node.compensation_policy
+        ctx = run.ctx
+        ctx.step_name = node.name
+        ctx.compensating = True
+        key = f"{run.record.saga_id}:{node.name}:compensate"
+        ctx.idempotency_key = key if step.visits <= 1 else f"{key}:{step.visits}"
+        step.status = SagaStepStatus.COMPENSATING
+        while True:
+            attempt = step.compensation_attempts + 1
+            ctx.attempt = attempt
+            ok, _, error, _ = await self._attempt(run, func, ctx, policy, node.name, forward=False)
+            step.compensation_attempts = attempt
+            if ok:
+                step.status = SagaStepStatus.COMPENSATED
+                step.compensated_at = self.clock()
+                step.compensation_error = None
+                return
+            step.compensation_error = error
+            if attempt > policy.max_retries:
+                step.status = _FAILED
+                logger.warning(
+                    "saga %s: compensation of step '%s' gave up after %d attempts",
+                    run.record.saga_id,
+                    node.name,
+                    attempt,
+                )
+                return
+            await self._save(run)
+            await self._pause(
+                run, retry_delay(attempt, policy, self.config, self.rand), forward=False
+            )
+
+    # ------------------------------------------------------------------ persistence
+
+    def _set_terminal(self, record: SagaRecord, status: SagaStatus, error: str | None) -> None:
+        record.status = status
+        record.error = error
+        record.current_step = None
+        record.completed_at = self.clock()
+
+    async def _finish(self, run: SagaRun, status: SagaStatus, error: str | None) -> None:
+        """Write the terminal status and announce it."""
+        self._set_terminal(run.record, status, error)
+        await self._save(run, terminal=True)
+        await self._announce(run)
+
+    async def _announce(self, run: SagaRun) -> None:
+        """Publish the terminal event and wake the waiters (the record is durable now)."""
+        record = run.record
+        if record.status is SagaStatus.COMPLETED:
+            await self._publish(run, ev.SagaCompleted)
+        elif record.status is SagaStatus.COMPENSATED:
+            await self._publish(run, ev.SagaCompensated, error=record.error or "")
+        else:
+            await self._publish(run, ev.SagaFailed, error=record.error or "")
+        if not run.done.done():
+            run.done.set_result(record)
+
+    async def _save(
+        self, run: SagaRun, *, terminal: bool = False, commit: bool = False
+    ) -> list[str]:
+        """Write the run's record durably; return the data keys the store rejected.
+
+        With ``commit`` (a step completion), rejected values are put back to their last
+        durable state and nothing is written: the caller fails the step. Otherwise the
+        record is written again without them.
+        """
+        record = run.record
+        if not terminal and not self.config.persist_state:
+            return []
+        now = self.clock()
+        record.updated_at = now
+        record.recovery_attempts = 0
+        if terminal:
+            record.lease_owner = record.lease_id = record.lease_expires_at = None
+        else:
+            record.lease_expires_at = now + self._lease
+        lock = run._save_lock  # created once a parallel group runs
+        if lock is None:
+            return await self._write(run, commit=commit)
+        async with lock:
+            return await self._write(run, commit=commit)
+
+    async def _write(self, run: SagaRun, *, commit: bool) -> list[str]:
+        record = run.record
+        delay = 0.05
+        uncertain = False
+        rejected: list[str] = []
+        while True:
+            try:
+                await self.store.save(record)
+            except ConcurrencyConflictError:
+                if uncertain and await self._landed(record):
+                    record.version += 1
+                    return rejected
+                logger.warning(
+                    "saga %s was taken over by another worker; this worker stops running it",
+                    record.saga_id,
+                )
+                run.stop(LEASE_LOST)
+                raise _Interrupted(LEASE_LOST) from None
+            except SagaDataError as exc:
+                rejected += await self._scrub(run, exc)
+                if commit or not exc.keys:
+                    return rejected or ["(metadata)"]
+                continue
+            except (SagaStoreUnavailableError, OSError) as exc:
+                uncertain = True
+                if run.stop_reason in _HARD_STOPS:
+                    raise _Interrupted(run.stop_reason or SHUTDOWN) from None
+                logger.warning(
+                    "saga %s: store unavailable (%s); retrying in %.2fs",
+                    record.saga_id,
+                    describe_error(exc),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            return rejected
+
+    async def _landed(self, record: SagaRecord) -> bool:
+        """After an ambiguous failure, tell whether our write reached the store after all."""
+        try:
+            stored = await self.store.load(record.saga_id)
+        except Exception:
+            return False
+        return (
+            stored is not None
+            and stored.version == record.version + 1
+            and stored.updated_at == record.updated_at
+            and stored.lease_id == record.lease_id
+            and stored.status == record.status
+        )
+
+    async def _scrub(self, run: SagaRun, exc: SagaDataError) -> list[str]:
+        """Put back the last durable value of data keys the store rejected; drop bad outputs."""
+        record = run.record
+        data_keys = [key for key in exc.keys if not key.startswith("step:")]
+        for key in exc.keys:
+            if key.startswith("step:") and key[5:] in record.steps:
+                record.steps[key[5:]].output = {}
+        if data_keys:
+            durable = await self.store.load(record.saga_id)
+            previous = {} if durable is None else durable.data
+            for key in data_keys:
+                if key in previous:
+                    record.data[key] = previous[key]
+                else:
+                    record.data.pop(key, None)
+        logger.warning(
+            "saga %s: values at %s are not JSON-serialisable and were not stored",
+            record.saga_id,
+            ", ".join(exc.keys) or "(metadata)",
+        )
+        return list(exc.keys)
+
+    # ------------------------------------------------------------------ leases and events
+
+    async def _beat(self) -> None:
+        """Renew the leases of every running saga until none is left."""
+        interval = self.config.lease_seconds / 3
+        try:
+            while self.runs:
+                await asyncio.sleep(interval)
+                ids = list(self.runs)
+                if not ids:
+                    break
+                try:
+                    held = set(
+                        await self.store.renew(
+                            self.worker_id,
+                            self.lease_id,
+                            ids,
+                            lease_seconds=self.config.lease_seconds,
+                        )
+                    )
+                except Exception:
+                    logger.warning("lease renewal failed; retrying", exc_info=True)
+                    continue
+                for saga_id in ids:
+                    run = self.runs.get(saga_id)
+                    if saga_id not in held and run is not None and not run.record.is_terminal:
+                        logger.warning("saga %s: lease lost to another worker", saga_id)
+                        run.stop(LEASE_LOST)
+        finally:
+            self._heartbeat = None
+
+    async def close(self) -> None:
+        """Stop the heartbeat (runs must already be finished or stopped)."""
+        beat = self._heartbeat
+        if beat is not None:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+
+    async def _publish(
+        self,
+        run: SagaRun,
+        event_type: type[ev.SagaEvent],
+        step_name: str | None = None,
+        **fields: Any,
+    ) -> None:
+        bus = self.bus
+        if bus is None:
+            return
+        record = run.record
+        try:
+            event = event_type(
+                saga_id=record.saga_id,
+                saga_name=record.saga_name,
+                correlation_id=record.correlation_id,
+                step_name=step_name,
+                **fields,
+            )
+            await bus.publish(event)
+        except Exception:  # a failing bus never breaks a saga
+            logger.warning(
+                "saga %s: publishing %s failed", record.saga_id, event_type.__name__, exc_info=True
+            )
+
+
+class _StepTimeoutError(TimeoutError):
+    """A ``TimeoutError`` raised by the step itself (not by its attempt timeout)."""

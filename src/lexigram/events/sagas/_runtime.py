@@ -1,0 +1,564 @@
+"""The API both front-ends share: start, wait, execute, get, list, cancel, resume, recover.
+
+``SagaManager`` and ``SagaOrchestrator`` subclass :class:`SagaRuntime`; each only adds the
+way it turns a user definition into a :class:`~lexigram.events.sagas._flow.Flow`
+(``register`` / ``define``). Everything that runs a saga is in the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Self
+
+from lexigram.events._bus import EventBusProtocol
+from lexigram.events._domain import DomainEvent
+from lexigram.events.sagas._codec import check_data
+from lexigram.events.sagas._engine import CANCEL, SHUTDOWN, Engine
+from lexigram.events.sagas._flow import Flow, check_resumable
+from lexigram.events.sagas.config import SagaConfig
+from lexigram.events.sagas.errors import (
+    ConcurrencyConflictError,
+    SagaDataError,
+    SagaDefinitionError,
+    SagaError,
+    SagaLeaseError,
+    SagaNotFoundError,
+    SagaStoreUnavailableError,
+    SagaTimeoutError,
+)
+from lexigram.events.sagas.store import InMemorySagaStore, SagaStore
+from lexigram.events.sagas.types import SagaRecord, SagaStatus
+
+__all__ = ["MAX_SAGA_ID_LENGTH", "RecoveryProblem", "SagaRuntime"]
+
+logger = logging.getLogger("lexigram.events.sagas")
+
+MAX_SAGA_ID_LENGTH = 200
+"""Longest ``saga_id`` accepted by ``start()``."""
+
+_CLAIM_BATCH = 200
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryProblem:
+    """A saga ``recover()`` found but could not resume, and why (it was left untouched)."""
+
+    saga_id: str
+    saga_name: str
+    reason: str
+
+
+@dataclass(slots=True)
+class _Subscription:
+    event_type: type[DomainEvent]
+    handler: Callable[[Any], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Registry:
+    flows: dict[str, Flow] = field(default_factory=dict)
+    sources: dict[str, object] = field(default_factory=dict)
+
+
+def check_saga_id(saga_id: object) -> str:
+    """Validate a caller-chosen saga id; raise ``SagaDataError`` naming the problem."""
+    if not isinstance(saga_id, str):
+        raise SagaDataError(f"saga_id must be a str, got {type(saga_id).__name__}")
+    if not saga_id or saga_id.strip() != saga_id:
+        raise SagaDataError("saga_id must be non-empty, without leading or trailing spaces")
+    if len(saga_id) > MAX_SAGA_ID_LENGTH:
+        raise SagaDataError(
+            f"saga_id is {len(saga_id)} characters long; the limit is {MAX_SAGA_ID_LENGTH}"
+        )
+    if not saga_id.isprintable():
+        raise SagaDataError("saga_id must not contain control characters")
+    return saga_id
+
+
+class SagaRuntime:
+    """Runs registered sagas in this process, as one worker sharing a store with others.
+
+    Args:
+        store: Where saga state lives; a fresh ``InMemorySagaStore`` when omitted.
+        config: Timeouts, retries, leases; ``SagaConfig()`` when omitted.
+        event_bus: Receives the saga lifecycle events, when given.
+        worker_id: This worker's name in leases (host-pid-random when omitted). A worker
+            restarted under the same name takes its earlier incarnation's sagas at once.
+        clock: Returns the current UTC time (inject one in tests).
+    """
+
+    def __init__(
+        self,
+        store: SagaStore | None = None,
+        *,
+        config: SagaConfig | None = None,
+        event_bus: EventBusProtocol | None = None,
+        worker_id: str | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        if config is not None and not isinstance(config, SagaConfig):
+            raise TypeError(f"config must be a SagaConfig, got {type(config).__name__}")
+        if worker_id is not None and (not isinstance(worker_id, str) or not worker_id.strip()):
+            raise ValueError("worker_id must be a non-empty string")
+        self._store: SagaStore = store if store is not None else InMemorySagaStore()
+        self._config = config if config is not None else SagaConfig()
+        self._bus = event_bus
+        self._clock = clock
+        self._registry = _Registry()
+        self._subscriptions: list[_Subscription] = []
+        self._closed = False
+        self._engine = Engine(
+            self._store,
+            self._config,
+            event_bus=event_bus,
+            worker_id=worker_id or _default_worker_id(),
+            lease_id=uuid.uuid4().hex,
+            clock=clock,
+        )
+        self.recovery_problems: builtins.list[RecoveryProblem] = []
+        """What the last ``recover()`` found but left untouched (unknown or changed definitions)."""
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def store(self) -> SagaStore:
+        """The store this worker reads and writes."""
+        return self._store
+
+    @property
+    def config(self) -> SagaConfig:
+        """The configuration every saga of this worker runs with."""
+        return self._config
+
+    @property
+    def worker_id(self) -> str:
+        """This worker's name in leases."""
+        return self._engine.worker_id
+
+    @property
+    def event_bus(self) -> EventBusProtocol | None:
+        """The bus lifecycle events are published on, if any."""
+        return self._bus
+
+    @property
+    def registered(self) -> tuple[str, ...]:
+        """The names of the registered sagas."""
+        return tuple(self._registry.flows)
+
+    def running(self) -> tuple[str, ...]:
+        """Ids of the sagas this worker is running now."""
+        return tuple(self._engine.runs)
+
+    def flow(self, saga_name: str) -> Flow:
+        """Return the compiled definition registered under ``saga_name``."""
+        try:
+            return self._registry.flows[saga_name]
+        except KeyError:
+            raise SagaNotFoundError.for_name(saga_name) from None
+
+    def _add_flow(self, flow: Flow, source: object) -> None:
+        """Register a compiled flow (front-ends call this)."""
+        registry = self._registry
+        known = registry.sources.get(flow.name)
+        if known is not None:
+            if known is source:
+                return
+            raise SagaDefinitionError(
+                f"a different saga is already registered with name '{flow.name}'",
+                saga_name=flow.name,
+            )
+        registry.flows[flow.name] = flow
+        registry.sources[flow.name] = source
+
+    # ------------------------------------------------------------------ starting and waiting
+
+    async def start(
+        self,
+        name: str,
+        data: Mapping[str, Any] | None = None,
+        saga_id: str | None = None,
+        *,
+        correlation_id: str | None = None,
+    ) -> str:
+        """Durably store a new saga and run it in the background; return its id.
+
+        Starting with the id of a saga that already exists starts nothing and returns the id
+        (idempotent start).
+
+        Raises:
+            SagaNotFoundError: no saga is registered under ``name``.
+            SagaDataError: ``data`` is not a JSON object, or ``saga_id`` is not a valid id.
+            SagaError: the manager is closed.
+        """
+        self._check_open()
+        flow = self._registry.flows.get(name) if isinstance(name, str) else None
+        if flow is None:
+            raise SagaNotFoundError.for_name(str(name))
+        payload = check_data(data)
+        if saga_id is None:
+            saga_id = str(uuid.uuid4())
+        else:
+            saga_id = check_saga_id(saga_id)
+            if saga_id in self._engine.runs:
+                return saga_id
+        if correlation_id is not None and not isinstance(correlation_id, str):
+            raise SagaDataError("correlation_id must be a str")
+        now = self._clock()
+        record = SagaRecord(
+            saga_id=saga_id,
+            saga_name=name,
+            data=payload,
+            created_at=now,
+            updated_at=now,
+            metadata={"correlation_id": correlation_id or saga_id},
+            deadline_at=now + timedelta(seconds=self._config.default_timeout_seconds),
+            current_step=flow.entry,
+            lease_owner=self._engine.worker_id,
+            lease_id=self._engine.lease_id,
+            lease_expires_at=now + timedelta(seconds=self._config.lease_seconds),
+        )
+        try:
+            await self._store.save(record)
+        except ConcurrencyConflictError:
+            logger.debug("saga %s already exists; start is a no-op", saga_id)
+            return saga_id
+        self._engine.launch(record, flow)
+        return saga_id
+
+    async def wait(self, saga_id: str, *, timeout: float | None = None) -> SagaRecord:
+        """Return the saga's record once it is terminal.
+
+        Works for sagas run by other workers too (the store is watched). Cancelling the
+        caller stops the waiting, never the saga.
+
+        Raises:
+            SagaNotFoundError: no saga has this id.
+            SagaTimeoutError: ``timeout`` seconds passed first.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        poll = 0.01
+        while True:
+            run = self._engine.runs.get(saga_id)
+            if run is not None:
+                remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
+                try:
+                    async with asyncio.timeout(remaining):
+                        final = await asyncio.shield(run.done)
+                except TimeoutError:
+                    raise self._wait_timeout(saga_id, timeout) from None
+                if final is not None:
+                    return final
+            record = await self._store.load(saga_id)
+            if record is None:
+                raise SagaNotFoundError.for_id(saga_id)
+            if record.is_terminal:
+                return record
+            if saga_id in self._engine.runs:
+                continue
+            if deadline is not None and loop.time() >= deadline:
+                raise self._wait_timeout(saga_id, timeout)
+            pause = poll if deadline is None else min(poll, max(deadline - loop.time(), 0.0))
+            await asyncio.sleep(pause)
+            poll = min(poll * 1.5, 0.5)
+
+    @staticmethod
+    def _wait_timeout(saga_id: str, timeout: float | None) -> SagaTimeoutError:
+        return SagaTimeoutError(
+            f"saga '{saga_id}' did not finish within {timeout:g}s",
+            saga_id=saga_id,
+            timeout=timeout,
+        )
+
+    async def execute(
+        self,
+        name: str,
+        data: Mapping[str, Any] | None = None,
+        saga_id: str | None = None,
+        *,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+    ) -> SagaRecord:
+        """Start a saga and wait for its terminal record (``start`` + ``wait``)."""
+        started = await self.start(name, data, saga_id, correlation_id=correlation_id)
+        return await self.wait(started, timeout=timeout)
+
+    async def get(self, saga_id: str) -> SagaRecord | None:
+        """Return the saga's current record, or ``None``."""
+        return await self._store.load(saga_id)
+
+    async def list(
+        self,
+        *,
+        saga_name: str | None = None,
+        status: SagaStatus | None = None,
+        limit: int = 100,
+    ) -> builtins.list[SagaRecord]:
+        """Return up to ``limit`` sagas, newest first, optionally filtered."""
+        if status is not None:
+            status = SagaStatus(status)
+        return await self._store.list(saga_name=saga_name, status=status, limit=limit)
+
+    # ------------------------------------------------------------------ control
+
+    async def cancel(self, saga_id: str, *, reason: str = "cancelled by request") -> SagaRecord:
+        """Stop the saga's running step, compensate, and return the terminal record.
+
+        A no-op on a terminal saga. A saga no live worker runs is taken over here.
+
+        Raises:
+            SagaNotFoundError: no saga has this id.
+            SagaLeaseError: another live worker runs the saga (cancel it there).
+        """
+        run = self._engine.runs.get(saga_id)
+        if run is None:
+            record = await self._store.load(saga_id)
+            if record is None:
+                raise SagaNotFoundError.for_id(saga_id)
+            if record.is_terminal:
+                return record
+            claimed = await self._claim_one(record)
+            self._engine.launch(claimed, self.flow(claimed.saga_name), stop=(CANCEL, reason))
+        else:
+            run.stop(CANCEL, reason)
+        return await self.wait(saga_id)
+
+    async def resume(self, saga_id: str) -> None:
+        """Run a non-terminal saga from its last durable point in this worker.
+
+        Raises:
+            SagaNotFoundError: no saga has this id, or its name is not registered here.
+            SagaLeaseError: another live worker holds the saga.
+            SagaDefinitionError: the registered definition no longer matches its progress.
+        """
+        self._check_open()
+        if saga_id in self._engine.runs:
+            return
+        record = await self._store.load(saga_id)
+        if record is None:
+            raise SagaNotFoundError.for_id(saga_id)
+        if record.is_terminal:
+            return
+        flow = self.flow(record.saga_name)
+        problem = check_resumable(flow, record)
+        if problem is not None:
+            raise SagaDefinitionError(
+                f"saga '{saga_id}' cannot resume: {problem}",
+                saga_name=record.saga_name,
+                saga_id=saga_id,
+            )
+        self._engine.launch(await self._claim_one(record), flow)
+
+    async def _claim_one(self, record: SagaRecord) -> SagaRecord:
+        engine = self._engine
+        claimed = await self._store.claim(
+            engine.worker_id,
+            engine.lease_id,
+            lease_seconds=self._config.lease_seconds,
+            saga_names=[record.saga_name],
+            limit=1,
+            saga_id=record.saga_id,
+        )
+        if not claimed:
+            raise SagaLeaseError(
+                f"saga '{record.saga_id}' is held by worker '{record.lease_owner}'",
+                saga_id=record.saga_id,
+                owner=record.lease_owner,
+            )
+        return claimed[0]
+
+    async def recover(self) -> int:
+        """Claim and resume every non-terminal saga of a registered name no live worker holds.
+
+        Sagas whose definition is not registered here, or no longer matches their recorded
+        progress, are left untouched and listed in ``recovery_problems`` (and logged).
+        Returns how many sagas were resumed.
+        """
+        self._check_open()
+        engine = self._engine
+        names = builtins.list(self._registry.flows)
+        problems: builtins.list[RecoveryProblem] = []
+        refused: builtins.list[SagaRecord] = []
+        resumed = 0
+        while names:
+            batch = await self._claim_batch(names)
+            for record in batch:
+                reason = check_resumable(self.flow(record.saga_name), record)
+                if reason is not None:
+                    problems.append(RecoveryProblem(record.saga_id, record.saga_name, reason))
+                    refused.append(record)
+                    continue
+                engine.launch(record, self.flow(record.saga_name))
+                resumed += 1
+            if len(batch) < _CLAIM_BATCH:
+                break
+        for record in refused:  # released only now, so the loop above cannot claim them again
+            await self._store.release(record.saga_id, engine.worker_id, engine.lease_id)
+        problems += await self._unregistered_sagas()
+        for problem in problems:
+            logger.warning(
+                "recover(): saga %s (%s) left untouched: %s",
+                problem.saga_id,
+                problem.saga_name,
+                problem.reason,
+            )
+        self.recovery_problems = problems
+        return resumed
+
+    async def _claim_batch(self, names: builtins.list[str]) -> builtins.list[SagaRecord]:
+        """Claim a batch, retrying while the store is unreachable (a few times)."""
+        engine = self._engine
+        delay = 0.1
+        for attempt in range(6):
+            try:
+                return await self._store.claim(
+                    engine.worker_id,
+                    engine.lease_id,
+                    lease_seconds=self._config.lease_seconds,
+                    saga_names=names,
+                    limit=_CLAIM_BATCH,
+                )
+            except SagaStoreUnavailableError:
+                if attempt == 5:
+                    raise
+                logger.warning("recover(): store unavailable; retrying in %.1fs", delay)
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _unregistered_sagas(self) -> builtins.list[RecoveryProblem]:
+        found: builtins.list[RecoveryProblem] = []
+        for status in (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+            for record in await self._store.list(status=status, limit=1000):
+                if record.saga_name not in self._registry.flows:
+                    found.append(
+                        RecoveryProblem(
+                            record.saga_id,
+                            record.saga_name,
+                            f"no saga is registered with name '{record.saga_name}'",
+                        )
+                    )
+        return found
+
+    async def cleanup(self) -> int:
+        """Delete terminal sagas older than ``cleanup_completed_after_hours``; return how many.
+
+        Never touches a saga that is not terminal. With the setting at ``0``, keeps all.
+        """
+        hours = self._config.cleanup_completed_after_hours
+        if hours == 0:
+            return 0
+        before = self._clock() - timedelta(hours=hours)
+        total = 0
+        while True:
+            deleted = await self._store.delete_terminal(before=before, limit=1000)
+            total += deleted
+            if deleted < 1000:
+                return total
+
+    # ------------------------------------------------------------------ choreography
+
+    def start_on(
+        self,
+        event_type: type[DomainEvent],
+        saga_name: str,
+        *,
+        data: Mapping[str, Any] | Callable[[Any], Mapping[str, Any]] | None = None,
+        saga_id: Callable[[Any], str] | None = None,
+    ) -> Callable[[], bool]:
+        """Start ``saga_name`` whenever an ``event_type`` event is published on the bus.
+
+        Args:
+            event_type: The event class to react to (subclasses included).
+            saga_name: A registered saga.
+            data: The saga's data: a dict, a function of the event, or (by default) the
+                event's own fields.
+            saga_id: A function of the event giving the saga id; by default
+                ``"<saga_name>:<event_id>"``, so one event starts one saga however often
+                it is delivered.
+
+        Returns:
+            A function that stops listening (returns whether it was listening).
+        """
+        bus = self._bus
+        if bus is None:
+            raise SagaError("start_on() needs an event_bus on the manager")
+        self.flow(saga_name)  # fail now on an unknown name
+
+        async def handler(event: DomainEvent) -> None:
+            if callable(data):
+                payload: Mapping[str, Any] = data(event)
+            elif data is not None:
+                payload = data
+            else:
+                payload = event.to_dict()
+            chosen = saga_id(event) if saga_id is not None else f"{saga_name}:{event.event_id}"
+            await self.start(saga_name, payload, chosen)
+
+        bus.subscribe(event_type, handler)
+        subscription = _Subscription(event_type, handler)
+        self._subscriptions.append(subscription)
+
+        def stop_listening() -> bool:
+            if subscription in self._subscriptions:
+                self._subscriptions.remove(subscription)
+            return bus.unsubscribe(event_type, handler)
+
+        return stop_listening
+
+    # ------------------------------------------------------------------ shutdown
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SagaError("this saga manager is closed")
+
+    async def close(self) -> None:
+        """Wait up to ``shutdown_timeout`` for running sagas, then stop the rest.
+
+        Stopped sagas are not compensated: they stay ``RUNNING``/``COMPENSATING`` with their
+        leases released, so any worker may resume them at once.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for subscription in self._subscriptions:
+            if self._bus is not None:
+                self._bus.unsubscribe(subscription.event_type, subscription.handler)
+        self._subscriptions.clear()
+        engine = self._engine
+        tasks = {run.task for run in engine.runs.values() if run.task is not None}
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self._config.shutdown_timeout)
+            if pending:
+                for run in builtins.list(engine.runs.values()):
+                    run.stop(SHUTDOWN, "worker shutting down")
+                await asyncio.wait(pending)
+        await engine.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,215 @@
+"""Sequential sagas: ``SagaBase`` and the ``@saga_step`` decorator.
+
+A saga is a class with a ``name`` and async step methods, each decorated with
+``@saga_step(step_name, ...)``. A method decorated with ``compensation=True`` undoes the
+step of the same name. Steps run in definition order (base classes first; a subclass that
+redefines a step name replaces it in place); compensations run in reverse completion order.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from lexigram.events.sagas._flow import (
+    Flow,
+    FlowStep,
+    StepCallable,
+    resolve_policy,
+    validate_flow,
+)
+from lexigram.events.sagas.config import SagaConfig, check_count, check_seconds
+from lexigram.events.sagas.errors import SagaDefinitionError
+
+__all__ = ["SagaBase", "StepSpec", "compile_saga", "saga_step"]
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+_MARKER = "__saga_step__"
+
+
+@dataclass(frozen=True, slots=True)
+class StepSpec:
+    """What ``@saga_step`` attached to a method."""
+
+    name: str
+    compensation: bool
+    max_retries: int | None
+    retry_delay: float | None
+    timeout: float | None
+
+
+def saga_step(
+    name: str,
+    *,
+    compensation: bool = False,
+    max_retries: int | None = None,
+    retry_delay: float | None = None,
+    timeout: float | None = None,
+) -> Callable[[F], F]:
+    """Mark an async method ``(self, ctx)`` as a saga step or as a step's compensation.
+
+    Args:
+        name: The step's unique name within its saga.
+        compensation: Mark the method as the compensating action of step ``name``.
+        max_retries: Retries of a transient failure (default ``SagaConfig.max_retries_per_step``).
+        retry_delay: Base delay before the first retry, in seconds (default
+            ``SagaConfig.retry_delay_seconds``); later retries back off exponentially.
+        timeout: Limit of each attempt, in seconds; expiry is a transient failure.
+
+    Raises:
+        SagaDefinitionError: The name is empty or a setting is negative or not a number.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise SagaDefinitionError(f"saga_step name must be a non-empty string, got {name!r}")
+    where = f"saga_step('{name}')"
+    try:
+        if max_retries is not None:
+            check_count("max_retries", max_retries, owner=where)
+        if retry_delay is not None:
+            check_seconds("retry_delay", retry_delay, allow_zero=True, owner=where)
+        if timeout is not None:
+            check_seconds("timeout", timeout, allow_zero=False, owner=where)
+    except (TypeError, ValueError) as exc:
+        raise SagaDefinitionError(str(exc), step_name=name) from None
+    if not isinstance(compensation, bool):
+        raise SagaDefinitionError(f"{where}: compensation must be a bool", step_name=name)
+    spec = StepSpec(name, compensation, max_retries, retry_delay, timeout)
+
+    def mark(func: F) -> F:
+        setattr(func, _MARKER, spec)
+        return func
+
+    return mark
+
+
+class SagaBase:
+    """Base class of sequential sagas.
+
+    Set ``name`` and decorate async methods with ``@saga_step``. An instance is created
+    for every run (by the class, or by the ``factory`` given to ``register``), so a saga
+    may take its services in ``__init__``.
+    """
+
+    name: ClassVar[str] = ""
+
+
+def compile_saga(
+    saga_class: type[SagaBase],
+    config: SagaConfig,
+    factory: Callable[[], SagaBase] | None = None,
+) -> Flow:
+    """Validate ``saga_class`` and compile it into a linear flow.
+
+    Raises:
+        SagaDefinitionError: naming the class and step, for every rule of SPEC section 2.
+    """
+    if not (isinstance(saga_class, type) and issubclass(saga_class, SagaBase)):
+        raise TypeError(f"expected a SagaBase subclass, got {saga_class!r}")
+    class_name = saga_class.__qualname__
+    saga_name = getattr(saga_class, "name", "")
+    if not isinstance(saga_name, str) or not saga_name.strip():
+        raise SagaDefinitionError(
+            f"{class_name}.name must be set to a non-empty string", saga_name=class_name
+        )
+    actions, compensations = _collect_steps(saga_class, class_name)
+    if not actions:
+        raise SagaDefinitionError(
+            f"{class_name} ('{saga_name}') has no @saga_step methods", saga_name=saga_name
+        )
+    for step_name in compensations:
+        if step_name not in actions:
+            raise SagaDefinitionError(
+                f"{class_name}: compensation for step '{step_name}' has no matching action",
+                saga_name=saga_name,
+                step_name=step_name,
+            )
+    order = tuple(actions)
+    steps: dict[str, FlowStep] = {}
+    for index, step_name in enumerate(order):
+        action, action_spec = actions[step_name]
+        compensation = compensations.get(step_name)
+        steps[step_name] = FlowStep(
+            name=step_name,
+            action=action,
+            compensation=None if compensation is None else compensation[0],
+            policy=resolve_policy(
+                class_name,
+                step_name,
+                config,
+                max_retries=action_spec.max_retries,
+                retry_delay=action_spec.retry_delay,
+                timeout=action_spec.timeout,
+            ),
+            compensation_policy=resolve_policy(
+                class_name,
+                step_name,
+                config,
+                max_retries=None if compensation is None else compensation[1].max_retries,
+                retry_delay=None if compensation is None else compensation[1].retry_delay,
+                timeout=None if compensation is None else compensation[1].timeout,
+            ),
+            next=order[index + 1] if index + 1 < len(order) else None,
+        )
+    flow = Flow(
+        name=saga_name,
+        steps=steps,
+        entry=order[0],
+        linear=order,
+        make_instance=factory if factory is not None else saga_class,
+        source=saga_class,
+    )
+    validate_flow(flow)
+    return flow
+
+
+_Found = tuple[StepCallable, StepSpec]
+
+
+def _collect_steps(
+    saga_class: type[SagaBase], class_name: str
+) -> tuple[dict[str, _Found], dict[str, _Found]]:
+    """Return actions and compensations by step name, as ``(function, spec)`` pairs.
+
+    The functions are the plain ``(self, ctx)`` functions; the engine calls them with the
+    run's saga instance, which spares a bound-method lookup per step.
+    """
+    actions: dict[str, _Found] = {}
+    compensations: dict[str, _Found] = {}
+    for klass in reversed(saga_class.__mro__):
+        seen_here: set[tuple[str, bool]] = set()
+        for attr, value in vars(klass).items():
+            spec = getattr(value, _MARKER, None)
+            if not isinstance(spec, StepSpec):
+                continue
+            if getattr(saga_class, attr) is not value:
+                continue  # overridden further down the hierarchy
+            kind = "compensation" if spec.compensation else "action"
+            if (spec.name, spec.compensation) in seen_here:
+                raise SagaDefinitionError(
+                    f"{class_name}: two {kind}s are named '{spec.name}'",
+                    saga_name=class_name,
+                    step_name=spec.name,
+                )
+            seen_here.add((spec.name, spec.compensation))
+            _check_signature(class_name, attr, value, spec)
+            target = compensations if spec.compensation else actions
+            # Assigning an existing key keeps its position: a redefined step stays in place.
+            target[spec.name] = (value, spec)
+    return actions, compensations
+
+
+def _check_signature(class_name: str, attr: str, func: object, spec: StepSpec) -> None:
+    where = f"{class_name}.{attr} (step '{spec.name}')"
+    if not inspect.iscoroutinefunction(func):
+        raise SagaDefinitionError(
+            f"{where} must be an 'async def' method", saga_name=class_name, step_name=spec.name
+        )
+    parameters = list(inspect.signature(func).parameters.values())
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if len(parameters) != 2 or any(p.kind not in positional for p in parameters):
+        raise SagaDefinitionError(
+            f"{where} must take exactly (self, ctx)", saga_name=class_name, step_name=spec.name
+        )

@@ -1,0 +1,110 @@
+"""What a step receives (``SagaContext``) and what it returns (``SagaStepResult``, ``Ok``/``Err``).
+
+A step may return:
+
+- ``SagaStepResult.Ok(output)`` or ``SagaStepResult(success=True, output=...)``;
+- ``SagaStepResult.fail(error, retryable=False)`` - a business failure (not retried unless
+  ``retryable=True``);
+- ``Ok(value)`` / ``Err(error)``;
+- a ``dict`` (success with that output) or ``None`` (success, empty output).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Self, overload
+
+from lexigram.events._result import Err, Ok, Result
+
+__all__ = ["Err", "Ok", "Result", "SagaContext", "SagaStepResult"]
+
+
+@dataclass(slots=True)
+class SagaContext:
+    """The state one saga instance carries from step to step.
+
+    Mapping access reads and writes ``data``: ``ctx["order_id"]``, ``ctx["k"] = v``,
+    ``del ctx["k"]``, ``"k" in ctx``, ``ctx.get("k", default)``. ``data`` must stay a JSON
+    object: changes a step makes are persisted with the step's completion.
+
+    Attributes:
+        saga_id: The saga instance's id.
+        saga_name: The registered name of the saga.
+        data: The business data (a JSON object).
+        step_results: Each completed step's output, by step name.
+        metadata: Tracing data; ``metadata["correlation_id"]`` defaults to the saga id.
+        step_name: The step (or compensation) running now.
+        attempt: The current attempt of that step, from 1.
+        idempotency_key: Stable across retries, resumes and processes for one visit of one
+            step; a compensation has its own. Pass it to APIs that de-duplicate requests.
+        compensating: Whether the running code is a compensation.
+    """
+
+    saga_id: str
+    saga_name: str
+    data: dict[str, Any] = field(default_factory=dict)
+    step_results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    step_name: str | None = None
+    attempt: int = 0
+    idempotency_key: str | None = None
+    compensating: bool = False
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.data[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.data[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.data
+
+    @overload
+    def get(self, key: str) -> Any | None: ...
+    @overload
+    def get(self, key: str, default: Any) -> Any: ...
+    def get(self, key: str, default: Any = None) -> Any:
+        """Return ``data[key]``, or ``default`` when the key is missing."""
+        return self.data.get(key, default)
+
+    @property
+    def correlation_id(self) -> str:
+        """The correlation id to propagate to downstream services."""
+        value = self.metadata.get("correlation_id")
+        return value if isinstance(value, str) else self.saga_id
+
+    def for_step(self, step_name: str) -> SagaContext:
+        """Return a view sharing this context's dicts, for a step running concurrently."""
+        return SagaContext(
+            self.saga_id, self.saga_name, self.data, self.step_results, self.metadata, step_name
+        )
+
+
+@dataclass(slots=True)
+class SagaStepResult:
+    """The outcome of a step or compensation.
+
+    Attributes:
+        success: Whether the step succeeded.
+        output: The step's output (a JSON object), stored on its record.
+        error: Why the step failed.
+        retryable: Whether a failed result should be retried like a transient error.
+    """
+
+    success: bool
+    output: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    retryable: bool = False
+
+    @classmethod
+    def Ok(cls, output: dict[str, Any] | None = None) -> Self:  # noqa: N802 - documented name
+        """Return a success carrying ``output``."""
+        return cls(success=True, output={} if output is None else output)
+
+    @classmethod
+    def fail(cls, error: str, *, retryable: bool = False) -> Self:
+        """Return a failure; ``retryable=True`` retries it like a transient error."""
+        return cls(success=False, error=error, retryable=retryable)

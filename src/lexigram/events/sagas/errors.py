@@ -1,0 +1,213 @@
+"""The saga error tree.
+
+Every error the library raises on purpose derives from :class:`SagaError`::
+
+    SagaError
+    ├── SagaDefinitionError        (also ValueError)  a saga or flow definition is invalid
+    ├── SagaNotFoundError          (also KeyError)    no saga registered under a name / no such id
+    ├── SagaDataError              (also TypeError)   context data is not a JSON object
+    ├── SagaTimeoutError           (also TimeoutError) a step attempt, a saga or a wait timed out
+    ├── NonRetryableError                              raise it (or a subclass) to skip retries
+    ├── CompensationFailedError                        one or more compensations gave up
+    ├── SagaLeaseError                                 another worker holds or took the saga
+    └── SagaStoreError                                 the store failed
+        ├── ConcurrencyConflictError                   stale version on save
+        ├── SagaStoreUnavailableError                  the store cannot be reached (transient)
+        └── CorruptRecordError                         a stored row cannot be read as a saga
+
+Errors carry structured attributes (``saga_id``, ``step_name``, versions...) so callers can
+act on them without parsing messages. Messages never contain context payloads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "CompensationFailedError",
+    "ConcurrencyConflictError",
+    "CorruptRecordError",
+    "NonRetryableError",
+    "SagaDataError",
+    "SagaDefinitionError",
+    "SagaError",
+    "SagaLeaseError",
+    "SagaNotFoundError",
+    "SagaStoreError",
+    "SagaStoreUnavailableError",
+    "SagaTimeoutError",
+]
+
+
+class SagaError(Exception):
+    """Root of every error raised by ``lexigram.events.sagas``."""
+
+    def __init__(self, message: str, *, saga_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.saga_id = saga_id
+
+    def __str__(self) -> str:
+        # KeyError (a base of SagaNotFoundError) would otherwise quote the message.
+        return self.message
+
+
+class SagaDefinitionError(SagaError, ValueError):
+    """A saga class or flow definition is invalid.
+
+    Attributes:
+        saga_name: The saga (or class) the problem was found in, when known.
+        step_name: The step at fault, when the problem is about one step.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        saga_name: str | None = None,
+        step_name: str | None = None,
+        saga_id: str | None = None,
+    ) -> None:
+        super().__init__(message, saga_id=saga_id)
+        self.saga_name = saga_name
+        self.step_name = step_name
+
+
+class SagaNotFoundError(SagaError, KeyError):
+    """No saga is registered under a name, or no saga has an id.
+
+    Attributes:
+        saga_name: The unknown name, when looking up a definition.
+        saga_id: The unknown id, when looking up an instance.
+    """
+
+    def __init__(
+        self, message: str, *, saga_name: str | None = None, saga_id: str | None = None
+    ) -> None:
+        super().__init__(message, saga_id=saga_id)
+        self.saga_name = saga_name
+
+    @classmethod
+    def for_name(cls, saga_name: str) -> SagaNotFoundError:
+        """Build the error for an unknown saga name."""
+        return cls(f"No saga registered with name '{saga_name}'", saga_name=saga_name)
+
+    @classmethod
+    def for_id(cls, saga_id: str) -> SagaNotFoundError:
+        """Build the error for an unknown saga id."""
+        return cls(f"No saga with id '{saga_id}' in the store", saga_id=saga_id)
+
+
+class SagaDataError(SagaError, TypeError):
+    """Saga context data is not a JSON object of JSON values.
+
+    Attributes:
+        keys: The top-level keys whose values could not be stored (empty when the data as
+            a whole is wrong, e.g. not a dict).
+    """
+
+    def __init__(
+        self, message: str, *, keys: Sequence[str] = (), saga_id: str | None = None
+    ) -> None:
+        super().__init__(message, saga_id=saga_id)
+        self.keys = tuple(keys)
+
+
+class SagaTimeoutError(SagaError, TimeoutError):
+    """A step attempt exceeded its timeout, a saga its deadline, or a wait its timeout.
+
+    Attributes:
+        step_name: The step whose attempt timed out, if any.
+        timeout: The limit in seconds that was exceeded, if known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        saga_id: str | None = None,
+        step_name: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(message, saga_id=saga_id)
+        self.step_name = step_name
+        self.timeout = timeout
+
+
+class NonRetryableError(SagaError):
+    """Raise this (or a subclass) from a step to fail it at once, without retries.
+
+    Subclass it for business rule violations, e.g. ``class InvalidOrder(NonRetryableError)``.
+    """
+
+    def __init__(self, message: str = "non-retryable failure", *, saga_id: str | None = None):
+        super().__init__(message, saga_id=saga_id)
+
+
+class CompensationFailedError(SagaError):
+    """One or more compensations failed after all their retries.
+
+    Attributes:
+        steps: The steps whose compensation failed, in the order they were attempted.
+    """
+
+    def __init__(self, message: str, *, saga_id: str | None = None, steps: Sequence[str] = ()):
+        super().__init__(message, saga_id=saga_id)
+        self.steps = tuple(steps)
+
+
+class SagaLeaseError(SagaError):
+    """Another worker holds the saga's lease, or took it over from this worker.
+
+    Attributes:
+        owner: The worker that holds the lease, when known.
+    """
+
+    def __init__(self, message: str, *, saga_id: str | None = None, owner: str | None = None):
+        super().__init__(message, saga_id=saga_id)
+        self.owner = owner
+
+
+class SagaStoreError(SagaError):
+    """A saga store operation failed."""
+
+
+class ConcurrencyConflictError(SagaStoreError):
+    """A save found a different version stored than the one the record was loaded at.
+
+    Attributes:
+        expected_version: The version the writer based its change on.
+        actual_version: The version found in the store (``None`` when the saga is missing).
+    """
+
+    def __init__(
+        self,
+        saga_id: str,
+        *,
+        expected_version: int,
+        actual_version: int | None,
+    ) -> None:
+        found = "no record" if actual_version is None else f"version {actual_version}"
+        super().__init__(
+            f"saga '{saga_id}' was changed concurrently: expected version "
+            f"{expected_version}, found {found}",
+            saga_id=saga_id,
+        )
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+
+
+class SagaStoreUnavailableError(SagaStoreError):
+    """The store cannot be reached right now; the operation may be retried."""
+
+
+class CorruptRecordError(SagaStoreError):
+    """A stored row cannot be read as a saga record (corrupt, foreign or newer schema).
+
+    Attributes:
+        field: The field that could not be read, when known.
+    """
+
+    def __init__(self, message: str, *, saga_id: str | None = None, field: str | None = None):
+        super().__init__(message, saga_id=saga_id)
+        self.field = field

@@ -1,0 +1,347 @@
+"""The ``SagaStore`` port and ``InMemorySagaStore``.
+
+A store keeps one record per saga and the lease that says which worker runs it. The engine
+is the only writer of progress; workers coordinate through conditional writes:
+
+- every write (``save``, ``claim``, ``release``) checks the stored ``version`` or lease and
+  raises the version by exactly one;
+- a worker that lost its lease finds its next ``save`` rejected with
+  ``ConcurrencyConflictError``, so it can never overwrite the new owner's progress.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol, runtime_checkable
+
+from lexigram.events.sagas._codec import decode_record, encode_record
+from lexigram.events.sagas.errors import ConcurrencyConflictError
+from lexigram.events.sagas.types import (
+    TERMINAL_SAGA_STATUSES,
+    SagaRecord,
+    SagaStatus,
+    SagaStepRecord,
+)
+
+__all__ = [
+    "InMemorySagaStore",
+    "SagaRecord",
+    "SagaStepRecord",
+    "SagaStore",
+    "is_claimable",
+]
+
+
+@runtime_checkable
+class SagaStore(Protocol):
+    """Where saga records live. Every method is a coroutine.
+
+    Semantic contract, checked by the shared conformance suite
+    (``tests/store_contract.py``) that every implementation runs:
+
+    - **Durability**: when ``save``, ``claim`` or ``release`` returns, the write survives a
+      crash of this process (for durable stores) and is visible to every other worker.
+    - **Versions**: ``save(record)`` succeeds only if the stored version equals
+      ``record.version`` (``0`` means "must not exist yet"); it then stores the record with
+      ``version + 1`` and sets ``record.version`` to it. Otherwise it raises
+      ``ConcurrencyConflictError`` and changes nothing. ``claim`` and ``release`` also raise
+      the version by one; ``renew`` does not.
+    - **Copies**: ``load``/``list``/``claim`` return fresh objects; changing them changes
+      nothing until saved. ``save`` does not keep a reference to its argument.
+    - **JSON only**: records are stored as JSON; a value that cannot be stored raises
+      ``SagaDataError`` naming its key, before anything is written.
+    - **Leases**: a saga is claimable when it is not terminal and has no owner, its lease
+      expired (by the store's clock where it has one), or it is owned by the same worker
+      name under another ``lease_id`` (an earlier incarnation of a restarted worker).
+    - **Errors**: a store that cannot be reached raises ``SagaStoreUnavailableError``; a row
+      that cannot be read raises ``CorruptRecordError`` naming the saga.
+    """
+
+    async def save(self, record: SagaRecord) -> None:
+        """Insert (version 0) or conditionally update ``record``; bump ``record.version``."""
+        ...
+
+    async def load(self, saga_id: str) -> SagaRecord | None:
+        """Return a copy of the saga's record, or ``None``."""
+        ...
+
+    async def list_by_name(self, saga_name: str) -> builtins.list[SagaRecord]:
+        """Return every saga of ``saga_name``, newest first."""
+        ...
+
+    async def list(
+        self,
+        *,
+        saga_name: str | None = None,
+        status: SagaStatus | None = None,
+        limit: int = 100,
+    ) -> builtins.list[SagaRecord]:
+        """Return up to ``limit`` sagas matching the filters, newest first."""
+        ...
+
+    async def delete(self, saga_id: str) -> bool:
+        """Delete the saga; return whether it existed."""
+        ...
+
+    async def claim(
+        self,
+        owner: str,
+        lease_id: str,
+        *,
+        lease_seconds: float,
+        saga_names: Collection[str],
+        limit: int = 100,
+        saga_id: str | None = None,
+    ) -> builtins.list[SagaRecord]:
+        """Atomically take up to ``limit`` claimable sagas of ``saga_names``, oldest first.
+
+        Each claimed record gets ``lease_owner=owner``, ``lease_id``, a lease ending
+        ``lease_seconds`` from now, ``previous_owner`` set to the former owner, and
+        ``recovery_attempts`` raised by one when it had an owner (a crashed worker's saga).
+        With ``saga_id``, only that saga is considered.
+        """
+        ...
+
+    async def renew(
+        self, owner: str, lease_id: str, saga_ids: Sequence[str], *, lease_seconds: float
+    ) -> builtins.list[str]:
+        """Extend the leases this worker still holds; return the ids it still holds."""
+        ...
+
+    async def release(self, saga_id: str, owner: str, lease_id: str) -> bool:
+        """Drop this worker's lease on a saga; return whether it held it."""
+        ...
+
+    async def delete_terminal(self, *, before: datetime, limit: int = 1000) -> int:
+        """Delete up to ``limit`` terminal sagas completed before ``before``; return how many."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and threads; the store is unusable afterwards."""
+        ...
+
+
+def is_claimable(
+    status: SagaStatus,
+    lease_owner: str | None,
+    lease_id: str | None,
+    lease_expires_at: datetime | None,
+    *,
+    owner: str,
+    claimer_lease_id: str,
+    now: datetime,
+) -> bool:
+    """The claim rule of the store contract, as a pure function (for stores and tests)."""
+    if status in TERMINAL_SAGA_STATUSES:
+        return False
+    if lease_owner is None:
+        return True
+    if lease_expires_at is None or lease_expires_at <= now:
+        return True
+    return lease_owner == owner and lease_id != claimer_lease_id
+
+
+@dataclass(slots=True)
+class _Row:
+    """One stored saga: its JSON document plus the fields the store filters on."""
+
+    text: str
+    saga_name: str
+    status: SagaStatus
+    version: int
+    created_at: datetime
+    completed_at: datetime | None
+    lease_owner: str | None
+    lease_id: str | None
+    lease_expires_at: datetime | None
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class InMemorySagaStore:
+    """A process-local store for tests and single-process services.
+
+    Records are kept as JSON text, exactly as the durable stores keep them, so a saga that
+    runs here round-trips its data the same way it would on SQLite or PostgreSQL. Nothing
+    survives the process.
+
+    Args:
+        clock: Returns the current UTC time (inject one in tests to expire leases).
+    """
+
+    def __init__(self, *, clock: Callable[[], datetime] = _utc_now) -> None:
+        self._rows: dict[str, _Row] = {}
+        self._clock = clock
+        self.writes = 0
+        """How many writes succeeded (saves, claims, releases): a cheap probe for tests."""
+
+    def _row(self, record: SagaRecord) -> _Row:
+        return _Row(
+            text=encode_record(record),
+            saga_name=record.saga_name,
+            status=record.status,
+            version=record.version,
+            created_at=record.created_at or self._clock(),
+            completed_at=record.completed_at,
+            lease_owner=record.lease_owner,
+            lease_id=record.lease_id,
+            lease_expires_at=record.lease_expires_at,
+        )
+
+    async def save(self, record: SagaRecord) -> None:
+        """Insert (version 0) or conditionally update ``record``; bump ``record.version``."""
+        current = self._rows.get(record.saga_id)
+        stored_version = 0 if current is None else current.version
+        if stored_version != record.version:
+            raise ConcurrencyConflictError(
+                record.saga_id,
+                expected_version=record.version,
+                actual_version=None if current is None else current.version,
+            )
+        record.version += 1
+        try:
+            self._rows[record.saga_id] = self._row(record)
+        except BaseException:
+            record.version -= 1
+            raise
+        self.writes += 1
+
+    async def load(self, saga_id: str) -> SagaRecord | None:
+        """Return a copy of the saga's record, or ``None``."""
+        row = self._rows.get(saga_id)
+        return None if row is None else decode_record(row.text, saga_id=saga_id)
+
+    async def list_by_name(self, saga_name: str) -> builtins.list[SagaRecord]:
+        """Return every saga of ``saga_name``, newest first."""
+        return self._select(saga_name, None, None)
+
+    async def list(
+        self,
+        *,
+        saga_name: str | None = None,
+        status: SagaStatus | None = None,
+        limit: int = 100,
+    ) -> builtins.list[SagaRecord]:
+        """Return up to ``limit`` sagas matching the filters, newest first."""
+        return self._select(saga_name, status, limit)
+
+    def _select(
+        self, saga_name: str | None, status: SagaStatus | None, limit: int | None
+    ) -> builtins.list[SagaRecord]:
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        found = [
+            (row.created_at, saga_id)
+            for saga_id, row in self._rows.items()
+            if (saga_name is None or row.saga_name == saga_name)
+            and (status is None or row.status == status)
+        ]
+        found.sort(reverse=True)
+        if limit is not None:
+            found = found[:limit]
+        return [decode_record(self._rows[saga_id].text, saga_id=saga_id) for _, saga_id in found]
+
+    async def delete(self, saga_id: str) -> bool:
+        """Delete the saga; return whether it existed."""
+        return self._rows.pop(saga_id, None) is not None
+
+    async def claim(
+        self,
+        owner: str,
+        lease_id: str,
+        *,
+        lease_seconds: float,
+        saga_names: Collection[str],
+        limit: int = 100,
+        saga_id: str | None = None,
+    ) -> builtins.list[SagaRecord]:
+        """Atomically take up to ``limit`` claimable sagas of ``saga_names``, oldest first."""
+        now = self._clock()
+        names = set(saga_names)
+        ids = [saga_id] if saga_id is not None else builtins.list(self._rows)
+        candidates = sorted(
+            (row.created_at, key)
+            for key in ids
+            if (row := self._rows.get(key)) is not None
+            and row.saga_name in names
+            and is_claimable(
+                row.status,
+                row.lease_owner,
+                row.lease_id,
+                row.lease_expires_at,
+                owner=owner,
+                claimer_lease_id=lease_id,
+                now=now,
+            )
+        )
+        claimed: builtins.list[SagaRecord] = []
+        for _, key in candidates[:limit]:
+            record = decode_record(self._rows[key].text, saga_id=key)
+            if record.lease_owner is not None:
+                record.recovery_attempts += 1
+            record.previous_owner = record.lease_owner
+            record.lease_owner = owner
+            record.lease_id = lease_id
+            record.lease_expires_at = now + timedelta(seconds=lease_seconds)
+            record.updated_at = now
+            record.version += 1
+            self._rows[key] = self._row(record)
+            self.writes += 1
+            claimed.append(record)
+        return claimed
+
+    async def renew(
+        self, owner: str, lease_id: str, saga_ids: Sequence[str], *, lease_seconds: float
+    ) -> builtins.list[str]:
+        """Extend the leases this worker still holds; return the ids it still holds."""
+        expires = self._clock() + timedelta(seconds=lease_seconds)
+        held: builtins.list[str] = []
+        for saga_id in saga_ids:
+            row = self._rows.get(saga_id)
+            if (
+                row is None
+                or row.lease_owner != owner
+                or row.lease_id != lease_id
+                or row.status in TERMINAL_SAGA_STATUSES
+            ):
+                continue
+            record = decode_record(row.text, saga_id=saga_id)
+            record.lease_expires_at = expires
+            self._rows[saga_id] = self._row(record)
+            held.append(saga_id)
+        return held
+
+    async def release(self, saga_id: str, owner: str, lease_id: str) -> bool:
+        """Drop this worker's lease on a saga; return whether it held it."""
+        row = self._rows.get(saga_id)
+        if row is None or row.lease_owner != owner or row.lease_id != lease_id:
+            return False
+        record = decode_record(row.text, saga_id=saga_id)
+        record.lease_owner = None
+        record.lease_id = None
+        record.lease_expires_at = None
+        record.version += 1
+        self._rows[saga_id] = self._row(record)
+        self.writes += 1
+        return True
+
+    async def delete_terminal(self, *, before: datetime, limit: int = 1000) -> int:
+        """Delete up to ``limit`` terminal sagas completed before ``before``; return how many."""
+        doomed = [
+            saga_id
+            for saga_id, row in self._rows.items()
+            if row.status in TERMINAL_SAGA_STATUSES
+            and row.completed_at is not None
+            and row.completed_at < before
+        ][:limit]
+        for saga_id in doomed:
+            del self._rows[saga_id]
+        return len(doomed)
+
+    async def close(self) -> None:
+        """Nothing to release; kept for the protocol."""

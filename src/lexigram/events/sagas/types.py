@@ -1,0 +1,208 @@
+"""Saga and step statuses, the records a store keeps, and the status transition rules.
+
+Records are plain mutable dataclasses with JSON-friendly fields (``str`` ids, ``StrEnum``
+statuses, tz-aware UTC datetimes, dicts of JSON values). A store hands out copies: changing
+a loaded record changes nothing until it is saved.
+
+The transition rules are small pure functions so they can be checked without an event loop::
+
+    saga:  PENDING -> RUNNING -> COMPLETED
+                             -> COMPENSATING -> COMPENSATED | FAILED
+           (PENDING and RUNNING may also fail directly when compensation is disabled)
+    step:  PENDING -> RUNNING -> COMPLETED | FAILED
+           COMPLETED -> COMPENSATING -> COMPENSATED | FAILED
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "TERMINAL_SAGA_STATUSES",
+    "SagaRecord",
+    "SagaStatus",
+    "SagaStepRecord",
+    "SagaStepStatus",
+    "can_transition_saga",
+    "can_transition_step",
+]
+
+
+class SagaStatus(StrEnum):
+    """Where a saga is in its life."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the status never changes again."""
+        return self in TERMINAL_SAGA_STATUSES
+
+
+class SagaStepStatus(StrEnum):
+    """Where one step is in its life."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
+    FAILED = "failed"
+
+
+TERMINAL_SAGA_STATUSES = frozenset(
+    {SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED}
+)
+"""Statuses a saga never leaves."""
+
+_SAGA_TRANSITIONS: dict[SagaStatus, frozenset[SagaStatus]] = {
+    SagaStatus.PENDING: frozenset(
+        {SagaStatus.RUNNING, SagaStatus.COMPENSATING, SagaStatus.COMPLETED, SagaStatus.FAILED}
+    ),
+    SagaStatus.RUNNING: frozenset(
+        {SagaStatus.COMPLETED, SagaStatus.COMPENSATING, SagaStatus.FAILED}
+    ),
+    SagaStatus.COMPENSATING: frozenset({SagaStatus.COMPENSATED, SagaStatus.FAILED}),
+    SagaStatus.COMPLETED: frozenset(),
+    SagaStatus.COMPENSATED: frozenset(),
+    SagaStatus.FAILED: frozenset(),
+}
+
+_STEP_TRANSITIONS: dict[SagaStepStatus, frozenset[SagaStepStatus]] = {
+    SagaStepStatus.PENDING: frozenset(
+        {SagaStepStatus.RUNNING, SagaStepStatus.COMPLETED, SagaStepStatus.FAILED}
+    ),
+    SagaStepStatus.RUNNING: frozenset({SagaStepStatus.COMPLETED, SagaStepStatus.FAILED}),
+    SagaStepStatus.COMPLETED: frozenset(
+        {
+            SagaStepStatus.COMPENSATING,
+            SagaStepStatus.COMPENSATED,
+            SagaStepStatus.FAILED,
+            # A step visited again by an orchestrated cycle starts a new visit.
+            SagaStepStatus.RUNNING,
+        }
+    ),
+    SagaStepStatus.COMPENSATING: frozenset({SagaStepStatus.COMPENSATED, SagaStepStatus.FAILED}),
+    SagaStepStatus.COMPENSATED: frozenset(),
+    # A failed step may be entered again by an orchestrated cycle (a new visit).
+    SagaStepStatus.FAILED: frozenset({SagaStepStatus.RUNNING}),
+}
+
+
+def can_transition_saga(current: SagaStatus, new: SagaStatus) -> bool:
+    """Return whether a saga may move from ``current`` to ``new`` (staying put is allowed)."""
+    return current == new or new in _SAGA_TRANSITIONS[current]
+
+
+def can_transition_step(current: SagaStepStatus, new: SagaStepStatus) -> bool:
+    """Return whether a step may move from ``current`` to ``new`` (staying put is allowed)."""
+    return current == new or new in _STEP_TRANSITIONS[current]
+
+
+@dataclass(slots=True)
+class SagaStepRecord:
+    """The stored state of one step of one saga.
+
+    Attributes:
+        step_name: The step's name in its saga definition.
+        status: The step's status.
+        started_at: When the current visit's first attempt started.
+        completed_at: When the step's action completed (or finally failed).
+        output: The step's output (a JSON object), also in ``ctx.step_results``.
+        error: The error of the last failed attempt, when the step failed.
+        attempts: Attempts of the current visit that ran to an outcome.
+        attempt_errors: The error of every failed attempt, oldest first.
+        compensation_attempts: Attempts of the compensation that ran to an outcome.
+        compensation_error: The error of the last failed compensation attempt.
+        compensated_at: When the compensation completed.
+        completion_seq: Position of this step in the saga's completion order; compensation
+            runs in decreasing order of it.
+        visits: How many times an orchestrated flow entered this step (1 for sequential
+            sagas once the step started).
+        parent: The parallel group this step belongs to, if any.
+    """
+
+    step_name: str
+    status: SagaStepStatus = SagaStepStatus.PENDING
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    output: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    attempts: int = 0
+    attempt_errors: list[str] = field(default_factory=list)
+    compensation_attempts: int = 0
+    compensation_error: str | None = None
+    compensated_at: datetime | None = None
+    completion_seq: int | None = None
+    visits: int = 0
+    parent: str | None = None
+
+
+@dataclass(slots=True)
+class SagaRecord:
+    """The stored state of one saga instance.
+
+    Attributes:
+        saga_id: Unique id of the instance (a UUID unless the caller chose one).
+        saga_name: The registered name of its definition.
+        status: The saga's status.
+        data: The context data (a JSON object) as of the last persistence point.
+        steps: Step records by step name, in the order the steps were first entered.
+        created_at: When ``start()`` stored the saga.
+        updated_at: When the record was last saved.
+        completed_at: When the saga reached a terminal status.
+        error: Why the saga did not complete, when it did not.
+        version: Optimistic-lock version: 0 before the first save, +1 per store write.
+        metadata: Correlation id and other tracing data.
+        deadline_at: When the saga times out (``start()`` + ``default_timeout_seconds``).
+        current_step: The step to run next (or running now) while the saga moves forward.
+        transitions: Steps entered so far (bounded by ``SagaConfig.max_transitions``).
+        lease_owner: The worker running the saga, if any.
+        lease_id: The owning worker's incarnation (tells a restarted worker from itself).
+        lease_expires_at: When the owner's lease ends unless renewed.
+        previous_owner: The lease owner before the last takeover by ``recover()``.
+        recovery_attempts: Takeovers from crashed workers since the saga last made progress.
+    """
+
+    saga_id: str
+    saga_name: str
+    status: SagaStatus = SagaStatus.PENDING
+    data: dict[str, Any] = field(default_factory=dict)
+    steps: dict[str, SagaStepRecord] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    completed_at: datetime | None = None
+    error: str | None = None
+    version: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+    deadline_at: datetime | None = None
+    current_step: str | None = None
+    transitions: int = 0
+    lease_owner: str | None = None
+    lease_id: str | None = None
+    lease_expires_at: datetime | None = None
+    previous_owner: str | None = None
+    recovery_attempts: int = 0
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the saga reached a status it never leaves."""
+        return self.status in TERMINAL_SAGA_STATUSES
+
+    @property
+    def correlation_id(self) -> str:
+        """The correlation id (defaults to the saga id)."""
+        value = self.metadata.get("correlation_id")
+        return value if isinstance(value, str) else self.saga_id
+
+    def step_statuses(self) -> dict[str, SagaStepStatus]:
+        """Return each step's status by name, in execution order."""
+        return {name: step.status for name, step in self.steps.items()}
