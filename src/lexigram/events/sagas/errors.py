@@ -209,5 +209,6 @@ class CorruptRecordError(SagaStoreError):
     """
 
     def __init__(self, message: str, *, saga_id: str | None = None, field: str | None = None):
-        super().__init__(message, saga_id=saga_id)
+        where = "" if saga_id is None else f"saga '{saga_id}': "
+        super().__init__(where + message, saga_id=saga_id)
         self.field = field

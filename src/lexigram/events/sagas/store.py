@@ -12,19 +12,22 @@ is the only writer of progress; workers coordinate through conditional writes:
 from __future__ import annotations
 
 import builtins
+import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 from lexigram.events.sagas._codec import decode_record, encode_record
-from lexigram.events.sagas.errors import ConcurrencyConflictError
+from lexigram.events.sagas.errors import ConcurrencyConflictError, CorruptRecordError
 from lexigram.events.sagas.types import (
     TERMINAL_SAGA_STATUSES,
     SagaRecord,
     SagaStatus,
     SagaStepRecord,
 )
+
+logger = logging.getLogger("lexigram.events.sagas")
 
 __all__ = [
     "InMemorySagaStore",
@@ -280,8 +283,14 @@ class InMemorySagaStore:
             )
         )
         claimed: builtins.list[SagaRecord] = []
-        for _, key in candidates[:limit]:
-            record = decode_record(self._rows[key].text, saga_id=key)
+        for _, key in candidates:
+            if len(claimed) >= limit:
+                break
+            try:
+                record = decode_record(self._rows[key].text, saga_id=key)
+            except CorruptRecordError as exc:
+                logger.error("cannot claim saga %s: %s", key, exc)  # noqa: TRY400 - no traceback needed
+                continue
             if record.lease_owner is not None:
                 record.recovery_attempts += 1
             record.previous_owner = record.lease_owner

@@ -1,0 +1,88 @@
+"""InMemorySagaStore runs the store conformance suite, plus what is special about it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from lexigram.events.sagas import InMemorySagaStore, SagaStore
+from lexigram.events.sagas._codec import decode_record, encode_record
+from lexigram.events.sagas.store import _Row, is_claimable
+from lexigram.events.sagas.types import SagaStatus
+from tests.store_contract import BASE_TIME, CorruptRow, ExpireLeases, StoreContract, make_record
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[SagaStore]:
+    memory = InMemorySagaStore()
+    yield memory
+    await memory.close()
+
+
+@pytest.fixture
+def expire_leases() -> ExpireLeases:
+    async def expire(store: SagaStore, saga_ids: list[str]) -> None:
+        assert isinstance(store, InMemorySagaStore)
+        past = datetime.now(UTC) - timedelta(seconds=1)
+        for saga_id in saga_ids:
+            row = store._rows[saga_id]
+            record = decode_record(row.text, saga_id=saga_id)
+            record.lease_expires_at = past
+            row.text = encode_record(record)
+            row.lease_expires_at = past
+
+    return expire
+
+
+@pytest.fixture
+def corrupt_row() -> CorruptRow:
+    async def corrupt(store: SagaStore, saga_id: str) -> None:
+        assert isinstance(store, InMemorySagaStore)
+        store._rows[saga_id] = _Row(
+            text='{"v": 1, "saga_id": "' + saga_id + '", "status": "exploded"}',
+            saga_name="orders",
+            status=SagaStatus.RUNNING,
+            version=1,
+            created_at=BASE_TIME,
+            completed_at=None,
+            lease_owner=None,
+            lease_id=None,
+            lease_expires_at=None,
+        )
+
+    return corrupt
+
+
+class TestInMemoryStore(StoreContract):
+    """The conformance suite on the in-memory store."""
+
+
+def test_store_satisfies_protocol() -> None:
+    """InMemorySagaStore is a SagaStore."""
+    assert isinstance(InMemorySagaStore(), SagaStore)
+
+
+async def test_injected_clock_judges_leases() -> None:
+    """Lease expiry follows the store's clock."""
+    now = [BASE_TIME]
+    store = InMemorySagaStore(clock=lambda: now[0])
+    await store.save(make_record("s-1"))
+    await store.claim("w1", "l1", lease_seconds=10, saga_names=["orders"])
+    assert await store.claim("w2", "l2", lease_seconds=10, saga_names=["orders"]) == []
+    now[0] += timedelta(seconds=11)
+    assert len(await store.claim("w2", "l2", lease_seconds=10, saga_names=["orders"])) == 1
+
+
+def test_claim_rule() -> None:
+    """The claim rule: free, expired, or own earlier incarnation; never terminal."""
+    now = BASE_TIME
+    later = now + timedelta(seconds=5)
+    rule = is_claimable
+    assert rule(SagaStatus.RUNNING, None, None, None, owner="w", claimer_lease_id="l", now=now)
+    assert rule(SagaStatus.RUNNING, "x", "y", now, owner="w", claimer_lease_id="l", now=now)
+    assert not rule(SagaStatus.RUNNING, "x", "y", later, owner="w", claimer_lease_id="l", now=now)
+    assert rule(SagaStatus.RUNNING, "w", "old", later, owner="w", claimer_lease_id="l", now=now)
+    assert not rule(SagaStatus.RUNNING, "w", "l", later, owner="w", claimer_lease_id="l", now=now)
+    assert not rule(SagaStatus.COMPLETED, None, None, None, owner="w", claimer_lease_id="l", now=now)
