@@ -31,21 +31,26 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
-from typing import Any, Final
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
 
 from lexigram.events._bus import EventBusProtocol
-from lexigram.events._result import Err, Ok
 from lexigram.events.sagas import events as ev
 from lexigram.events.sagas._flow import Flow, FlowStep, RetryPolicy, StepCallable
-from lexigram.events.sagas.config import SagaConfig
-from lexigram.events.sagas.context import SagaContext, SagaStepResult
-from lexigram.events.sagas.errors import (
-    ConcurrencyConflictError,
-    SagaDataError,
-    SagaStoreUnavailableError,
+from lexigram.events.sagas._outcome import describe_error, interpret_result, retry_delay
+from lexigram.events.sagas._persist import RecordWriter
+from lexigram.events.sagas._run import (
+    CANCEL,
+    DEADLINE,
+    HARD_STOPS,
+    LEASE_LOST,
+    SHUTDOWN,
+    Interrupted,
+    SagaRun,
 )
+from lexigram.events.sagas.config import SagaConfig
+from lexigram.events.sagas.context import SagaContext
 from lexigram.events.sagas.store import SagaStore
 from lexigram.events.sagas.types import (
     SagaRecord,
@@ -54,182 +59,13 @@ from lexigram.events.sagas.types import (
     SagaStepStatus,
 )
 
-__all__ = ["CANCEL", "DEADLINE", "LEASE_LOST", "SHUTDOWN", "Engine", "SagaRun", "retry_delay"]
+__all__ = ["CANCEL", "DEADLINE", "LEASE_LOST", "SHUTDOWN", "Engine", "SagaRun"]
 
 logger = logging.getLogger("lexigram.events.sagas")
-
-CANCEL: Final = "cancel"
-DEADLINE: Final = "deadline"
-SHUTDOWN: Final = "shutdown"
-LEASE_LOST: Final = "lease_lost"
-_HARD_STOPS: Final = frozenset({SHUTDOWN, LEASE_LOST})
 
 _RUNNING = SagaStepStatus.RUNNING
 _COMPLETED = SagaStepStatus.COMPLETED
 _FAILED = SagaStepStatus.FAILED
-
-
-class _Interrupted(Exception):  # noqa: N818 - private control-flow signal
-    """Unwinds a run that was stopped (cancel, deadline, shutdown, lost lease)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def retry_delay(
-    attempt: int, policy: RetryPolicy, config: SagaConfig, rand: Callable[[], float]
-) -> float:
-    """Delay before retrying after failed attempt ``attempt`` (1-based), in seconds.
-
-    ``min(retry_delay * backoff_multiplier ** (attempt - 1), max_retry_delay)`` scaled by a
-    random factor in ``[1 - jitter, 1 + jitter]``; ``rand`` returns a float in ``[0, 1)``.
-    """
-    base = min(
-        policy.retry_delay * config.backoff_multiplier ** (attempt - 1), config.max_retry_delay
-    )
-    return max(0.0, base * (1.0 + config.jitter * (2.0 * rand() - 1.0)))
-
-
-def describe_error(exc: BaseException) -> str:
-    """Render an exception as ``Type: message`` for a step record."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def interpret_result(raw: object, step_name: str) -> tuple[bool, dict[str, Any], str, bool]:
-    """Turn whatever a step returned into ``(success, output, error, retryable)``."""
-    if raw is None:
-        return True, {}, "", False
-    if isinstance(raw, SagaStepResult):
-        if raw.success:
-            output: object = raw.output  # typed as a dict, but callers may pass anything
-            if isinstance(output, dict):
-                return True, output, "", False
-            return False, {}, _wrong_type(step_name, "SagaStepResult.output", output), False
-        return False, {}, raw.error or "step reported failure", raw.retryable
-    if isinstance(raw, dict):
-        return True, raw, "", False
-    if isinstance(raw, Ok):
-        value = raw.value
-        if value is None:
-            return True, {}, "", False
-        return True, (value if isinstance(value, dict) else {"value": value}), "", False
-    if isinstance(raw, Err):
-        error = raw.error
-        text = describe_error(error) if isinstance(error, BaseException) else str(error)
-        return False, {}, text, False
-    return False, {}, _wrong_type(step_name, "result", raw), False
-
-
-def _wrong_type(step_name: str, what: str, value: object) -> str:
-    return (
-        f"step '{step_name}' returned a {what} of type {type(value).__name__}; expected "
-        "SagaStepResult, Ok, Err, dict or None"
-    )
-
-
-class SagaRun:
-    """One saga being run by this worker: its record, context and stop signal."""
-
-    __slots__ = (
-        "_cancelled",
-        "_in_user_code",
-        "_save_lock",
-        "ctx",
-        "deadline_handle",
-        "done",
-        "flow",
-        "instance",
-        "record",
-        "seq",
-        "stop_message",
-        "stop_reason",
-        "task",
-    )
-
-    def __init__(self, record: SagaRecord, flow: Flow, done: asyncio.Future[SagaRecord | None]):
-        self.record = record
-        self.flow = flow
-        self.done = done
-        self.instance: object = None
-        self.task: asyncio.Task[None] | None = None
-        self.stop_reason: str | None = None
-        self.stop_message = ""
-        self.deadline_handle: asyncio.TimerHandle | None = None
-        # Tasks awaiting user code now -> whether a cancel/deadline may interrupt them.
-        self._in_user_code: dict[asyncio.Task[Any], bool] = {}
-        # Tasks this run cancelled and that have not absorbed the cancellation yet.
-        self._cancelled: set[asyncio.Task[Any]] = set()
-        self._save_lock: asyncio.Lock | None = None
-        self.seq = 1 + max(
-            (s.completion_seq for s in record.steps.values() if s.completion_seq is not None),
-            default=0,
-        )
-        self.ctx = SagaContext(
-            record.saga_id,
-            record.saga_name,
-            record.data,
-            {
-                name: step.output
-                for name, step in record.steps.items()
-                if step.completion_seq is not None
-            },
-            record.metadata,
-        )
-
-    def stop(self, reason: str, message: str = "") -> None:
-        """Ask the run to stop; shutdown and lease loss override cancel and deadline."""
-        if self.stop_reason in _HARD_STOPS or (
-            self.stop_reason is not None and reason not in _HARD_STOPS
-        ):
-            return
-        self.stop_reason = reason
-        self.stop_message = message
-        hard = reason in _HARD_STOPS
-        for task, forward in self._in_user_code.items():
-            if (forward or hard) and task not in self._cancelled:
-                self._cancelled.add(task)
-                task.cancel()
-
-    async def call_user(self, awaitable: Awaitable[Any], *, forward: bool) -> Any:
-        """Await user code so that ``stop()`` can interrupt it; raise ``_Interrupted``."""
-        task = asyncio.current_task()
-        assert task is not None  # always inside a task
-        self._in_user_code[task] = forward
-        try:
-            result = await awaitable
-        except asyncio.CancelledError:
-            if task not in self._cancelled:
-                raise  # not ours: the caller's task is being cancelled
-            self._cancelled.discard(task)
-            if task.uncancel() > 0:
-                raise  # someone else cancelled it too
-            raise _Interrupted(self.stop_reason or SHUTDOWN) from None
-        finally:
-            del self._in_user_code[task]
-        if task in self._cancelled:
-            # Our cancel came as the user code finished (or the code swallowed it): absorb
-            # it here so it cannot hit the engine's next write. The result stands; the next
-            # checkpoint sees the stop reason.
-            self._cancelled.discard(task)
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(0)
-            if task.uncancel() > 0:
-                raise asyncio.CancelledError
-        return result
-
-    def checkpoint(self, *, forward: bool) -> None:
-        """Raise ``_Interrupted`` if a stop was requested that applies here."""
-        reason = self.stop_reason
-        if reason is not None and (forward or reason in _HARD_STOPS):
-            raise _Interrupted(reason)
-
-    def save_lock(self) -> asyncio.Lock:
-        """The lock serialising this run's saves (needed once children save in parallel)."""
-        if self._save_lock is None:
-            self._save_lock = asyncio.Lock()
-        return self._save_lock
 
 
 class Engine:
@@ -254,7 +90,7 @@ class Engine:
         self.clock = clock
         self.rand = rand
         self.runs: dict[str, SagaRun] = {}
-        self._lease = timedelta(seconds=config.lease_seconds)
+        self._writer = RecordWriter(store, config, clock)
         self._heartbeat: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ launching
@@ -285,7 +121,7 @@ class Engine:
             run.instance = run.flow.make_instance()
             await self._drive(run)
             final = record
-        except _Interrupted as stop:
+        except Interrupted as stop:
             logger.info("saga %s stopped (%s); it stays resumable", record.saga_id, stop.reason)
         except asyncio.CancelledError:
             logger.info("saga %s task cancelled; it stays resumable", record.saga_id)
@@ -330,8 +166,8 @@ class Engine:
                 error = await self._forward(run)
                 if error is None:
                     return
-        except _Interrupted as stop:
-            if stop.reason in _HARD_STOPS:
+        except Interrupted as stop:
+            if stop.reason in HARD_STOPS:
                 raise
             error = self._stop_error(run)
             self._fail_in_flight(run, error)
@@ -404,7 +240,7 @@ class Engine:
                     error = record.steps[name].error or ""
             if node.on_failure is not None:
                 record.current_step = node.on_failure
-                await self._save(run)
+                await self._writer.save(run)
                 continue
             return f"step '{name}' failed: {error}"
 
@@ -491,7 +327,7 @@ class Engine:
                 step.status = _FAILED
                 step.completed_at = self.clock()
                 return False, error
-            await self._save(run)
+            await self._writer.save(run)
             await self._pause(
                 run, retry_delay(attempt, policy, self.config, self.rand), forward=True
             )
@@ -523,7 +359,7 @@ class Engine:
         except TimeoutError:
             error = f"SagaTimeoutError: step '{name}' attempt timed out after {timeout:g}s"
             return False, {}, error, True
-        except _Interrupted:
+        except Interrupted:
             raise
         except Exception as exc:
             retryable = not isinstance(exc, self.config.non_retryable_exceptions)
@@ -554,7 +390,7 @@ class Engine:
             for child in pending:
                 tasks.create_task(self._run_child(run, child, ctx.for_step(child.name), stops))
         if stops:
-            raise _Interrupted(next((r for r in stops if r in _HARD_STOPS), stops[0]))
+            raise Interrupted(next((r for r in stops if r in HARD_STOPS), stops[0]))
         failed = [
             child.name for child in node.children if steps[child.name].status is not _COMPLETED
         ]
@@ -587,12 +423,12 @@ class Engine:
                 ok, _ = await self._run_step(run, child, ctx)
             if ok:
                 await self._commit_step(run, child, terminal=False)
-        except _Interrupted as stop:
+        except Interrupted as stop:
             stops.append(stop.reason)
 
     async def _commit_step(self, run: SagaRun, node: FlowStep, *, terminal: bool) -> bool:
         """Persist a step's completion; an output or context JSON cannot hold fails the step."""
-        rejected = await self._save(run, terminal=terminal, commit=True)
+        rejected = await self._writer.save(run, terminal=terminal, commit=True)
         if not rejected:
             await self._publish(run, ev.SagaStepCompleted, node.name, attempt=run.ctx.attempt)
             return True
@@ -621,7 +457,7 @@ class Engine:
             await self._finish(run, SagaStatus.COMPENSATED, error)
             return
         record.status = SagaStatus.COMPENSATING
-        await self._save(run)
+        await self._writer.save(run)
         await self._publish(run, ev.SagaCompensating, error=error)
         await self._compensate(run, poisoned=False)
 
@@ -650,7 +486,7 @@ class Engine:
             last = index + 1 == len(todo)
             if last:
                 self._set_terminal(record, *self._compensation_outcome(record))
-            await self._save(run, terminal=last)
+            await self._writer.save(run, terminal=last)
             if step.status is SagaStepStatus.COMPENSATED:
                 await self._publish(run, ev.SagaStepCompensated, step.step_name)
         if not todo:
@@ -702,7 +538,7 @@ class Engine:
                     attempt,
                 )
                 return
-            await self._save(run)
+            await self._writer.save(run)
             await self._pause(
                 run, retry_delay(attempt, policy, self.config, self.rand), forward=False
             )
@@ -718,7 +554,7 @@ class Engine:
     async def _finish(self, run: SagaRun, status: SagaStatus, error: str | None) -> None:
         """Write the terminal status and announce it."""
         self._set_terminal(run.record, status, error)
-        await self._save(run, terminal=True)
+        await self._writer.save(run, terminal=True)
         await self._announce(run)
 
     async def _announce(self, run: SagaRun) -> None:
@@ -732,105 +568,6 @@ class Engine:
             await self._publish(run, ev.SagaFailed, error=record.error or "")
         if not run.done.done():
             run.done.set_result(record)
-
-    async def _save(
-        self, run: SagaRun, *, terminal: bool = False, commit: bool = False
-    ) -> list[str]:
-        """Write the run's record durably; return the data keys the store rejected.
-
-        With ``commit`` (a step completion), rejected values are put back to their last
-        durable state and nothing is written: the caller fails the step. Otherwise the
-        record is written again without them.
-        """
-        record = run.record
-        if not terminal and not self.config.persist_state:
-            return []
-        now = self.clock()
-        record.updated_at = now
-        record.recovery_attempts = 0
-        if terminal:
-            record.lease_owner = record.lease_id = record.lease_expires_at = None
-        else:
-            record.lease_expires_at = now + self._lease
-        lock = run._save_lock  # created once a parallel group runs
-        if lock is None:
-            return await self._write(run, commit=commit)
-        async with lock:
-            return await self._write(run, commit=commit)
-
-    async def _write(self, run: SagaRun, *, commit: bool) -> list[str]:
-        record = run.record
-        delay = 0.05
-        uncertain = False
-        rejected: list[str] = []
-        while True:
-            try:
-                await self.store.save(record)
-            except ConcurrencyConflictError:
-                if uncertain and await self._landed(record):
-                    record.version += 1
-                    return rejected
-                logger.warning(
-                    "saga %s was taken over by another worker; this worker stops running it",
-                    record.saga_id,
-                )
-                run.stop(LEASE_LOST)
-                raise _Interrupted(LEASE_LOST) from None
-            except SagaDataError as exc:
-                rejected += await self._scrub(run, exc)
-                if commit or not exc.keys:
-                    return rejected or ["(metadata)"]
-                continue
-            except (SagaStoreUnavailableError, OSError) as exc:
-                uncertain = True
-                if run.stop_reason in _HARD_STOPS:
-                    raise _Interrupted(run.stop_reason or SHUTDOWN) from None
-                logger.warning(
-                    "saga %s: store unavailable (%s); retrying in %.2fs",
-                    record.saga_id,
-                    describe_error(exc),
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            return rejected
-
-    async def _landed(self, record: SagaRecord) -> bool:
-        """After an ambiguous failure, tell whether our write reached the store after all."""
-        try:
-            stored = await self.store.load(record.saga_id)
-        except Exception:
-            return False
-        return (
-            stored is not None
-            and stored.version == record.version + 1
-            and stored.updated_at == record.updated_at
-            and stored.lease_id == record.lease_id
-            and stored.status == record.status
-        )
-
-    async def _scrub(self, run: SagaRun, exc: SagaDataError) -> list[str]:
-        """Put back the last durable value of data keys the store rejected; drop bad outputs."""
-        record = run.record
-        data_keys = [key for key in exc.keys if not key.startswith("step:")]
-        for key in exc.keys:
-            if key.startswith("step:") and key[5:] in record.steps:
-                record.steps[key[5:]].output = {}
-        if data_keys:
-            durable = await self.store.load(record.saga_id)
-            previous = {} if durable is None else durable.data
-            for key in data_keys:
-                if key in previous:
-                    record.data[key] = previous[key]
-                else:
-                    record.data.pop(key, None)
-        logger.warning(
-            "saga %s: values at %s are not JSON-serialisable and were not stored",
-            record.saga_id,
-            ", ".join(exc.keys) or "(metadata)",
-        )
-        return list(exc.keys)
 
     # ------------------------------------------------------------------ leases and events
 

@@ -1,0 +1,138 @@
+"""``SagaRun``: the state of one saga this worker runs, and how a run is stopped.
+
+``SagaRun.stop(reason)`` records the reason and cancels the tasks that are awaiting user
+code (a step, a compensation, a retry delay) at that moment. Code that is persisting is
+never cancelled: it finishes its write and the next checkpoint sees the reason. Cancel and
+deadline stop only forward steps (compensations are shielded); shutdown and a lost lease
+stop everything, without writing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import Any, Final
+
+from lexigram.events.sagas._flow import Flow
+from lexigram.events.sagas.context import SagaContext
+from lexigram.events.sagas.types import SagaRecord
+
+__all__ = ["CANCEL", "DEADLINE", "HARD_STOPS", "LEASE_LOST", "SHUTDOWN", "Interrupted", "SagaRun"]
+
+CANCEL: Final = "cancel"
+DEADLINE: Final = "deadline"
+SHUTDOWN: Final = "shutdown"
+LEASE_LOST: Final = "lease_lost"
+HARD_STOPS: Final = frozenset({SHUTDOWN, LEASE_LOST})
+
+
+class Interrupted(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Unwinds a run that was stopped (cancel, deadline, shutdown, lost lease)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SagaRun:
+    """One saga being run by this worker: its record, context and stop signal."""
+
+    __slots__ = (
+        "_cancelled",
+        "_in_user_code",
+        "_save_lock",
+        "ctx",
+        "deadline_handle",
+        "done",
+        "flow",
+        "instance",
+        "record",
+        "seq",
+        "stop_message",
+        "stop_reason",
+        "task",
+    )
+
+    def __init__(self, record: SagaRecord, flow: Flow, done: asyncio.Future[SagaRecord | None]):
+        self.record = record
+        self.flow = flow
+        self.done = done
+        self.instance: object = None
+        self.task: asyncio.Task[None] | None = None
+        self.stop_reason: str | None = None
+        self.stop_message = ""
+        self.deadline_handle: asyncio.TimerHandle | None = None
+        # Tasks awaiting user code now -> whether a cancel/deadline may interrupt them.
+        self._in_user_code: dict[asyncio.Task[Any], bool] = {}
+        # Tasks this run cancelled and that have not absorbed the cancellation yet.
+        self._cancelled: set[asyncio.Task[Any]] = set()
+        self._save_lock: asyncio.Lock | None = None
+        self.seq = 1 + max(
+            (s.completion_seq for s in record.steps.values() if s.completion_seq is not None),
+            default=0,
+        )
+        self.ctx = SagaContext(
+            record.saga_id,
+            record.saga_name,
+            record.data,
+            {
+                name: step.output
+                for name, step in record.steps.items()
+                if step.completion_seq is not None
+            },
+            record.metadata,
+        )
+
+    def stop(self, reason: str, message: str = "") -> None:
+        """Ask the run to stop; shutdown and lease loss override cancel and deadline."""
+        if self.stop_reason in HARD_STOPS or (
+            self.stop_reason is not None and reason not in HARD_STOPS
+        ):
+            return
+        self.stop_reason = reason
+        self.stop_message = message
+        hard = reason in HARD_STOPS
+        for task, forward in self._in_user_code.items():
+            if (forward or hard) and task not in self._cancelled:
+                self._cancelled.add(task)
+                task.cancel()
+
+    async def call_user(self, awaitable: Awaitable[Any], *, forward: bool) -> Any:
+        """Await user code so that ``stop()`` can interrupt it; raise ``Interrupted``."""
+        task = asyncio.current_task()
+        assert task is not None  # always inside a task
+        self._in_user_code[task] = forward
+        try:
+            result = await awaitable
+        except asyncio.CancelledError:
+            if task not in self._cancelled:
+                raise  # not ours: the caller's task is being cancelled
+            self._cancelled.discard(task)
+            if task.uncancel() > 0:
+                raise  # someone else cancelled it too
+            raise Interrupted(self.stop_reason or SHUTDOWN) from None
+        finally:
+            del self._in_user_code[task]
+        if task in self._cancelled:
+            # Our cancel came as the user code finished (or the code swallowed it): absorb
+            # it here so it cannot hit the engine's next write. The result stands; the next
+            # checkpoint sees the stop reason.
+            self._cancelled.discard(task)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0)
+            if task.uncancel() > 0:
+                raise asyncio.CancelledError
+        return result
+
+    def checkpoint(self, *, forward: bool) -> None:
+        """Raise ``Interrupted`` if a stop was requested that applies here."""
+        reason = self.stop_reason
+        if reason is not None and (forward or reason in HARD_STOPS):
+            raise Interrupted(reason)
+
+    def save_lock(self) -> asyncio.Lock:
+        """The lock serialising this run's saves (needed once children save in parallel)."""
+        if self._save_lock is None:
+            self._save_lock = asyncio.Lock()
+        return self._save_lock
