@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from lexigram.events.sagas import InMemorySagaStore, SagaStore
-from lexigram.events.sagas._codec import decode_record, encode_record
 from lexigram.events.sagas.store import _Row, is_claimable
 from lexigram.events.sagas.types import SagaStatus
 from tests.store_contract import BASE_TIME, CorruptRow, ExpireLeases, StoreContract, make_record
@@ -27,11 +26,7 @@ def expire_leases() -> ExpireLeases:
         assert isinstance(store, InMemorySagaStore)
         past = datetime.now(UTC) - timedelta(seconds=1)
         for saga_id in saga_ids:
-            row = store._rows[saga_id]
-            record = decode_record(row.text, saga_id=saga_id)
-            record.lease_expires_at = past
-            row.text = encode_record(record)
-            row.lease_expires_at = past
+            store._rows[saga_id].record.lease_expires_at = past
 
     return expire
 
@@ -40,17 +35,7 @@ def expire_leases() -> ExpireLeases:
 def corrupt_row() -> CorruptRow:
     async def corrupt(store: SagaStore, saga_id: str) -> None:
         assert isinstance(store, InMemorySagaStore)
-        store._rows[saga_id] = _Row(
-            text='{"v": 1, "saga_id": "' + saga_id + '", "status": "exploded"}',
-            saga_name="orders",
-            status=SagaStatus.RUNNING,
-            version=1,
-            created_at=BASE_TIME,
-            completed_at=None,
-            lease_owner=None,
-            lease_id=None,
-            lease_expires_at=None,
-        )
+        store._rows[saga_id] = _Row(make_record(saga_id), payload="{not json")
 
     return corrupt
 
@@ -85,4 +70,6 @@ def test_claim_rule() -> None:
     assert not rule(SagaStatus.RUNNING, "x", "y", later, owner="w", claimer_lease_id="l", now=now)
     assert rule(SagaStatus.RUNNING, "w", "old", later, owner="w", claimer_lease_id="l", now=now)
     assert not rule(SagaStatus.RUNNING, "w", "l", later, owner="w", claimer_lease_id="l", now=now)
-    assert not rule(SagaStatus.COMPLETED, None, None, None, owner="w", claimer_lease_id="l", now=now)
+    assert not rule(
+        SagaStatus.COMPLETED, None, None, None, owner="w", claimer_lease_id="l", now=now
+    )

@@ -72,14 +72,22 @@ def check_data(data: object, *, what: str = "data") -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise SagaDataError(f"saga {what} must be a dict, got {type(data).__name__}")
-    bad = [key for key, value in data.items() if not isinstance(key, str) or not _is_json(value)]
-    if bad:
-        names = ", ".join(repr(key) if not isinstance(key, str) else f"'{key}'" for key in bad)
-        raise SagaDataError(
-            f"saga {what} is not JSON-serialisable at key(s) {names}",
-            keys=[str(key) for key in bad],
-        )
-    copied: dict[str, Any] = _loads(_dumps(data))
+    try:
+        copied: dict[str, Any] | None = _loads(_dumps(data))
+    except (TypeError, ValueError, RecursionError):
+        copied = None
+    # JSON quietly turns non-str keys into strings; an unequal copy is the cheap sign of it
+    # (or of tuples, which are fine as arrays), and only then is the data walked.
+    if copied is None or copied != data:
+        bad = [
+            key for key, value in data.items() if not isinstance(key, str) or not _is_json(value)
+        ]
+        if bad or copied is None:
+            names = ", ".join(f"'{key}'" for key in bad)
+            raise SagaDataError(
+                f"saga {what} is not JSON-serialisable at key(s) {names or '(unknown)'}",
+                keys=bad,
+            )
     return copied
 
 

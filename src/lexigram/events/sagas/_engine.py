@@ -37,6 +37,7 @@ from typing import Any
 
 from lexigram.events._bus import EventBusProtocol
 from lexigram.events.sagas import events as ev
+from lexigram.events.sagas._deadlines import DeadlineTimer
 from lexigram.events.sagas._flow import Flow, FlowStep, RetryPolicy, StepCallable
 from lexigram.events.sagas._outcome import describe_error, interpret_result, retry_delay
 from lexigram.events.sagas._persist import RecordWriter
@@ -92,6 +93,7 @@ class Engine:
         self.runs: dict[str, SagaRun] = {}
         self._writer = RecordWriter(store, config, clock)
         self._heartbeat: asyncio.Task[None] | None = None
+        self._deadlines = DeadlineTimer(DEADLINE, "saga deadline passed")
 
     # ------------------------------------------------------------------ launching
 
@@ -100,27 +102,23 @@ class Engine:
     ) -> SagaRun:
         """Start running ``record`` (already stored and leased to this worker) in a task."""
         loop = asyncio.get_running_loop()
-        run = SagaRun(record, flow, loop.create_future())
+        run = SagaRun(record, flow)
         if stop is not None:
             run.stop(*stop)
         self.runs[record.saga_id] = run
         if record.deadline_at is not None:
             delay = (record.deadline_at - self.clock()).total_seconds()
-            run.deadline_handle = loop.call_later(
-                max(delay, 0.0), run.stop, DEADLINE, "saga deadline passed"
-            )
+            self._deadlines.add(loop, delay, run)
         run.task = loop.create_task(self._run(run), name=f"saga:{record.saga_id}")
-        if self._heartbeat is None:
+        if self._heartbeat is None or self._heartbeat.done():
             self._heartbeat = loop.create_task(self._beat(), name="saga-heartbeat")
         return run
 
     async def _run(self, run: SagaRun) -> None:
         record = run.record
-        final: SagaRecord | None = None
         try:
             run.instance = run.flow.make_instance()
             await self._drive(run)
-            final = record
         except Interrupted as stop:
             logger.info("saga %s stopped (%s); it stays resumable", record.saga_id, stop.reason)
         except asyncio.CancelledError:
@@ -131,13 +129,12 @@ class Engine:
             # any worker can recover it, and say why.
             logger.exception("saga %s could not continue; it stays resumable", record.saga_id)
         finally:
-            if run.deadline_handle is not None:
-                run.deadline_handle.cancel()
             del self.runs[record.saga_id]
-            if not record.is_terminal and run.stop_reason != LEASE_LOST:
+            if not run.finished and run.stop_reason != LEASE_LOST:
                 await self._release(record)
-            if not run.done.done():
-                run.done.set_result(final if final is not None and final.is_terminal else None)
+            run.finish(None)
+            if record.deadline_at is not None:
+                self._deadlines.finished()
 
     async def _release(self, record: SagaRecord) -> None:
         try:
@@ -203,6 +200,8 @@ class Engine:
         """Run steps from ``current_step``; return ``None`` when completed, else the error."""
         record = run.record
         flow = run.flow
+        task = run.task
+        assert task is not None  # set when the run's task starts
         max_transitions = self.config.max_transitions
         while True:
             name = record.current_step
@@ -220,9 +219,9 @@ class Engine:
                 return f"step '{name}' failed: {error}"
             record.transitions += 1
             if node.is_group:
-                ok, error = await self._run_group(run, node, run.ctx)
+                ok, error = await self._run_group(run, node, run.ctx, task)
             else:
-                ok, error = await self._run_step(run, node, run.ctx)
+                ok, error = await self._run_step(run, node, run.ctx, task)
             if ok:
                 nxt, error = self._next_step(run, node)
                 if error:
@@ -291,7 +290,9 @@ class Engine:
             step.status = _RUNNING
         return step
 
-    async def _run_step(self, run: SagaRun, node: FlowStep, ctx: SagaContext) -> tuple[bool, str]:
+    async def _run_step(
+        self, run: SagaRun, node: FlowStep, ctx: SagaContext, task: asyncio.Task[Any]
+    ) -> tuple[bool, str]:
         """Attempt one step until it succeeds, fails for good, or the run is stopped."""
         step = self._enter(run, node)
         policy = node.policy
@@ -306,7 +307,7 @@ class Engine:
             attempt = step.attempts + 1
             ctx.attempt = attempt
             ok, output, error, retryable = await self._attempt(
-                run, action, ctx, policy, name, forward=True
+                run, action, ctx, policy, name, task, forward=True
             )
             step.attempts = attempt
             if ok:
@@ -328,9 +329,8 @@ class Engine:
                 step.completed_at = self.clock()
                 return False, error
             await self._writer.save(run)
-            await self._pause(
-                run, retry_delay(attempt, policy, self.config, self.rand), forward=True
-            )
+            delay = retry_delay(attempt, policy, self.config, self.rand)
+            await self._pause(run, delay, task, forward=True)
 
     async def _attempt(
         self,
@@ -339,6 +339,7 @@ class Engine:
         ctx: SagaContext,
         policy: RetryPolicy,
         name: str,
+        task: asyncio.Task[Any],
         *,
         forward: bool,
     ) -> tuple[bool, dict[str, Any], str, bool]:
@@ -347,11 +348,11 @@ class Engine:
         timeout = policy.timeout
         try:
             if timeout is None:
-                raw = await run.call_user(func(run.instance, ctx), forward=forward)
+                raw = await run.call_user(func(run.instance, ctx), task, forward=forward)
             else:
                 async with asyncio.timeout(timeout):
                     try:
-                        raw = await run.call_user(func(run.instance, ctx), forward=forward)
+                        raw = await run.call_user(func(run.instance, ctx), task, forward=forward)
                     except TimeoutError as own:  # raised by the step, not by our timeout
                         raise _StepTimeoutError(describe_error(own)) from own
         except _StepTimeoutError as exc:
@@ -366,12 +367,16 @@ class Engine:
             return False, {}, describe_error(exc), retryable
         return interpret_result(raw, name)
 
-    async def _pause(self, run: SagaRun, seconds: float, *, forward: bool) -> None:
+    async def _pause(
+        self, run: SagaRun, seconds: float, task: asyncio.Task[Any], *, forward: bool
+    ) -> None:
         if seconds > 0:
-            await run.call_user(asyncio.sleep(seconds), forward=forward)
+            await run.call_user(asyncio.sleep(seconds), task, forward=forward)
         run.checkpoint(forward=forward)
 
-    async def _run_group(self, run: SagaRun, node: FlowStep, ctx: SagaContext) -> tuple[bool, str]:
+    async def _run_group(
+        self, run: SagaRun, node: FlowStep, ctx: SagaContext, task: asyncio.Task[Any]
+    ) -> tuple[bool, str]:
         """Run a parallel group's unfinished children concurrently; wait for all of them."""
         group = self._enter(run, node)
         steps = run.record.steps
@@ -416,11 +421,13 @@ class Engine:
         self, run: SagaRun, child: FlowStep, ctx: SagaContext, stops: list[str]
     ) -> None:
         """Run one child of a group; report a stop instead of raising (siblings go on)."""
+        task = asyncio.current_task()
+        assert task is not None  # children run in TaskGroup tasks
         try:
             if child.is_group:
-                ok, _ = await self._run_group(run, child, ctx)
+                ok, _ = await self._run_group(run, child, ctx, task)
             else:
-                ok, _ = await self._run_step(run, child, ctx)
+                ok, _ = await self._run_step(run, child, ctx, task)
             if ok:
                 await self._commit_step(run, child, terminal=False)
         except Interrupted as stop:
@@ -518,10 +525,14 @@ class Engine:
         key = f"{run.record.saga_id}:{node.name}:compensate"
         ctx.idempotency_key = key if step.visits <= 1 else f"{key}:{step.visits}"
         step.status = SagaStepStatus.COMPENSATING
+        task = run.task
+        assert task is not None  # set when the run's task starts
         while True:
             attempt = step.compensation_attempts + 1
             ctx.attempt = attempt
-            ok, _, error, _ = await self._attempt(run, func, ctx, policy, node.name, forward=False)
+            ok, _, error, _ = await self._attempt(
+                run, func, ctx, policy, node.name, task, forward=False
+            )
             step.compensation_attempts = attempt
             if ok:
                 step.status = SagaStepStatus.COMPENSATED
@@ -539,9 +550,8 @@ class Engine:
                 )
                 return
             await self._writer.save(run)
-            await self._pause(
-                run, retry_delay(attempt, policy, self.config, self.rand), forward=False
-            )
+            delay = retry_delay(attempt, policy, self.config, self.rand)
+            await self._pause(run, delay, task, forward=False)
 
     # ------------------------------------------------------------------ persistence
 
@@ -566,16 +576,15 @@ class Engine:
             await self._publish(run, ev.SagaCompensated, error=record.error or "")
         else:
             await self._publish(run, ev.SagaFailed, error=record.error or "")
-        if not run.done.done():
-            run.done.set_result(record)
+        run.finish(record)
 
     # ------------------------------------------------------------------ leases and events
 
     async def _beat(self) -> None:
-        """Renew the leases of every running saga until none is left."""
+        """Renew the leases of every running saga; end when a tick finds none running."""
         interval = self.config.lease_seconds / 3
         try:
-            while self.runs:
+            while True:
                 await asyncio.sleep(interval)
                 ids = list(self.runs)
                 if not ids:
@@ -601,7 +610,8 @@ class Engine:
             self._heartbeat = None
 
     async def close(self) -> None:
-        """Stop the heartbeat (runs must already be finished or stopped)."""
+        """Stop the heartbeat and deadline timer (runs must be finished or stopped)."""
+        self._deadlines.close()
         beat = self._heartbeat
         if beat is not None:
             beat.cancel()

@@ -23,6 +23,8 @@ from lexigram.events.sagas.types import SagaRecord
 
 __all__ = ["RecordWriter"]
 
+_NOTHING_REJECTED: list[str] = []  # shared and never mutated: callers only test it
+
 logger = logging.getLogger("lexigram.events.sagas")
 
 
@@ -56,17 +58,30 @@ class RecordWriter:
             record.lease_expires_at = now + self._lease
         lock = run._save_lock  # created once a parallel group runs
         if lock is None:
-            return await self.write(run, commit=commit)
+            try:  # the common case, without a further coroutine layer
+                await self.store.save(record)
+            except Exception as exc:
+                return await self.write(run, commit=commit, failed=exc)
+            return _NOTHING_REJECTED
         async with lock:
             return await self.write(run, commit=commit)
 
-    async def write(self, run: SagaRun, *, commit: bool) -> list[str]:
+    async def write(
+        self, run: SagaRun, *, commit: bool, failed: Exception | None = None
+    ) -> list[str]:
+        """Save until the write lands, handling conflicts, outages and rejected values.
+
+        ``failed`` is the error of a first attempt the caller already made.
+        """
         record = run.record
         delay = 0.05
         uncertain = False
         rejected: list[str] = []
         while True:
             try:
+                if failed is not None:
+                    first, failed = failed, None
+                    raise first
                 await self.store.save(record)
             except ConcurrencyConflictError:
                 if uncertain and await self._landed(record):

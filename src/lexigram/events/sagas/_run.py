@@ -43,26 +43,29 @@ class SagaRun:
         "_in_user_code",
         "_save_lock",
         "ctx",
-        "deadline_handle",
-        "done",
+        "finished",
         "flow",
         "instance",
+        "outcome",
         "record",
         "seq",
         "stop_message",
         "stop_reason",
         "task",
+        "waiters",
     )
 
-    def __init__(self, record: SagaRecord, flow: Flow, done: asyncio.Future[SagaRecord | None]):
+    def __init__(self, record: SagaRecord, flow: Flow) -> None:
         self.record = record
         self.flow = flow
-        self.done = done
+        # One future per waiter, so that cancelling a waiter never touches the run.
+        self.waiters: list[asyncio.Future[SagaRecord | None]] = []
+        self.finished = False
+        self.outcome: SagaRecord | None = None
         self.instance: object = None
         self.task: asyncio.Task[None] | None = None
         self.stop_reason: str | None = None
         self.stop_message = ""
-        self.deadline_handle: asyncio.TimerHandle | None = None
         # Tasks awaiting user code now -> whether a cancel/deadline may interrupt them.
         self._in_user_code: dict[asyncio.Task[Any], bool] = {}
         # Tasks this run cancelled and that have not absorbed the cancellation yet.
@@ -84,6 +87,27 @@ class SagaRun:
             record.metadata,
         )
 
+    def add_waiter(self) -> asyncio.Future[SagaRecord | None]:
+        """Return a future resolved with the terminal record (``None``: the run stopped)."""
+        waiter: asyncio.Future[SagaRecord | None] = asyncio.get_running_loop().create_future()
+        if self.finished:
+            waiter.set_result(self.outcome)
+        else:
+            self.waiters.append(waiter)
+        return waiter
+
+    def finish(self, outcome: SagaRecord | None) -> None:
+        """Wake every waiter with the durable terminal record, or ``None`` if the run stopped."""
+        if self.finished:
+            return
+        self.finished = True
+        self.outcome = outcome
+        result = outcome
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(result)
+        self.waiters.clear()
+
     def stop(self, reason: str, message: str = "") -> None:
         """Ask the run to stop; shutdown and lease loss override cancel and deadline."""
         if self.stop_reason in HARD_STOPS or (
@@ -98,10 +122,14 @@ class SagaRun:
                 self._cancelled.add(task)
                 task.cancel()
 
-    async def call_user(self, awaitable: Awaitable[Any], *, forward: bool) -> Any:
-        """Await user code so that ``stop()`` can interrupt it; raise ``Interrupted``."""
-        task = asyncio.current_task()
-        assert task is not None  # always inside a task
+    async def call_user(
+        self, awaitable: Awaitable[Any], task: asyncio.Task[Any], *, forward: bool
+    ) -> Any:
+        """Await user code in ``task`` (the current one) so that ``stop()`` can interrupt it.
+
+        Raises:
+            Interrupted: the run was stopped while the user code ran.
+        """
         self._in_user_code[task] = forward
         try:
             result = await awaitable

@@ -259,9 +259,13 @@ class SagaRuntime:
             run = self._engine.runs.get(saga_id)
             if run is not None:
                 remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
+                waiter = run.add_waiter()
                 try:
-                    async with asyncio.timeout(remaining):
-                        final = await asyncio.shield(run.done)
+                    if remaining is None:
+                        final = await waiter
+                    else:
+                        async with asyncio.timeout(remaining):
+                            final = await waiter
                 except TimeoutError:
                     raise self._wait_timeout(saga_id, timeout) from None
                 if final is not None:

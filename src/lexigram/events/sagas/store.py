@@ -12,13 +12,14 @@ is the only writer of progress; workers coordinate through conditional writes:
 from __future__ import annotations
 
 import builtins
+import json
 import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from lexigram.events.sagas._codec import decode_record, encode_record
+from lexigram.events.sagas._codec import encode_record
 from lexigram.events.sagas.errors import ConcurrencyConflictError, CorruptRecordError
 from lexigram.events.sagas.types import (
     TERMINAL_SAGA_STATUSES,
@@ -149,29 +150,79 @@ def is_claimable(
 
 @dataclass(slots=True)
 class _Row:
-    """One stored saga: its JSON document plus the fields the store filters on."""
+    """One stored saga: a private skeleton of its record plus its JSON-valued parts as text.
 
-    text: str
-    saga_name: str
-    status: SagaStatus
-    version: int
-    created_at: datetime
-    completed_at: datetime | None
-    lease_owner: str | None
-    lease_id: str | None
-    lease_expires_at: datetime | None
+    The skeleton holds the plain fields (ids, statuses, times, counters) and is never handed
+    out; ``payload`` is the JSON text of the data, metadata and step outputs. Loading builds
+    a fresh record from both, so callers always get a copy.
+    """
+
+    record: SagaRecord
+    payload: str
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_encode_payload = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, separators=(",", ":")
+).encode
+
+
+def _clone(record: SagaRecord, payload: Any) -> SagaRecord:
+    """Copy ``record``'s plain fields, taking the JSON-valued parts from ``payload``."""
+    data, metadata, outputs = payload
+    steps = {
+        name: SagaStepRecord(
+            step.step_name,
+            step.status,
+            step.started_at,
+            step.completed_at,
+            output,
+            step.error,
+            step.attempts,
+            builtins.list(step.attempt_errors),
+            step.compensation_attempts,
+            step.compensation_error,
+            step.compensated_at,
+            step.completion_seq,
+            step.visits,
+            step.parent,
+        )
+        for (name, step), output in zip(record.steps.items(), outputs, strict=True)
+    }
+    return SagaRecord(
+        record.saga_id,
+        record.saga_name,
+        record.status,
+        data,
+        steps,
+        record.created_at,
+        record.updated_at,
+        record.completed_at,
+        record.error,
+        record.version,
+        metadata,
+        record.deadline_at,
+        record.current_step,
+        record.transitions,
+        record.lease_owner,
+        record.lease_id,
+        record.lease_expires_at,
+        record.previous_owner,
+        record.recovery_attempts,
+    )
+
+
 class InMemorySagaStore:
     """A process-local store for tests and single-process services.
 
-    Records are kept as JSON text, exactly as the durable stores keep them, so a saga that
-    runs here round-trips its data the same way it would on SQLite or PostgreSQL. Nothing
-    survives the process.
+    Context data, metadata and step outputs are copied through JSON on every save, as the
+    durable stores encode them, so a saga that runs here round-trips its data the same way
+    it would on SQLite or PostgreSQL, and a value JSON cannot hold is rejected the same way.
+    Nothing survives the process.
 
     Args:
         clock: Returns the current UTC time (inject one in tests to expire leases).
@@ -183,41 +234,44 @@ class InMemorySagaStore:
         self.writes = 0
         """How many writes succeeded (saves, claims, releases): a cheap probe for tests."""
 
-    def _row(self, record: SagaRecord) -> _Row:
-        return _Row(
-            text=encode_record(record),
-            saga_name=record.saga_name,
-            status=record.status,
-            version=record.version,
-            created_at=record.created_at or self._clock(),
-            completed_at=record.completed_at,
-            lease_owner=record.lease_owner,
-            lease_id=record.lease_id,
-            lease_expires_at=record.lease_expires_at,
-        )
+    @staticmethod
+    def _snapshot(record: SagaRecord) -> _Row:
+        try:
+            payload = _encode_payload(
+                (record.data, record.metadata, [step.output for step in record.steps.values()])
+            )
+        except (TypeError, ValueError, RecursionError):
+            encode_record(record)  # raises SagaDataError naming the keys
+            raise
+        return _Row(_clone(record, json.loads(payload)), payload)
+
+    @staticmethod
+    def _read(saga_id: str, row: _Row) -> SagaRecord:
+        try:
+            payload = json.loads(row.payload)
+        except ValueError:
+            raise CorruptRecordError("stored payload is not valid JSON", saga_id=saga_id) from None
+        return _clone(row.record, payload)
 
     async def save(self, record: SagaRecord) -> None:
         """Insert (version 0) or conditionally update ``record``; bump ``record.version``."""
         current = self._rows.get(record.saga_id)
-        stored_version = 0 if current is None else current.version
+        stored_version = 0 if current is None else current.record.version
         if stored_version != record.version:
             raise ConcurrencyConflictError(
                 record.saga_id,
                 expected_version=record.version,
-                actual_version=None if current is None else current.version,
+                actual_version=None if current is None else stored_version,
             )
-        record.version += 1
-        try:
-            self._rows[record.saga_id] = self._row(record)
-        except BaseException:
-            record.version -= 1
-            raise
+        row = self._snapshot(record)
+        row.record.version = record.version = stored_version + 1
+        self._rows[record.saga_id] = row
         self.writes += 1
 
     async def load(self, saga_id: str) -> SagaRecord | None:
         """Return a copy of the saga's record, or ``None``."""
         row = self._rows.get(saga_id)
-        return None if row is None else decode_record(row.text, saga_id=saga_id)
+        return None if row is None else self._read(saga_id, row)
 
     async def list_by_name(self, saga_name: str) -> builtins.list[SagaRecord]:
         """Return every saga of ``saga_name``, newest first."""
@@ -239,15 +293,15 @@ class InMemorySagaStore:
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
         found = [
-            (row.created_at, saga_id)
+            (row.record.created_at or _EPOCH, saga_id)
             for saga_id, row in self._rows.items()
-            if (saga_name is None or row.saga_name == saga_name)
-            and (status is None or row.status == status)
+            if (saga_name is None or row.record.saga_name == saga_name)
+            and (status is None or row.record.status == status)
         ]
         found.sort(reverse=True)
         if limit is not None:
             found = found[:limit]
-        return [decode_record(self._rows[saga_id].text, saga_id=saga_id) for _, saga_id in found]
+        return [self._read(saga_id, self._rows[saga_id]) for _, saga_id in found]
 
     async def delete(self, saga_id: str) -> bool:
         """Delete the saga; return whether it existed."""
@@ -268,15 +322,15 @@ class InMemorySagaStore:
         names = set(saga_names)
         ids = [saga_id] if saga_id is not None else builtins.list(self._rows)
         candidates = sorted(
-            (row.created_at, key)
+            (row.record.created_at or _EPOCH, key)
             for key in ids
             if (row := self._rows.get(key)) is not None
-            and row.saga_name in names
+            and row.record.saga_name in names
             and is_claimable(
-                row.status,
-                row.lease_owner,
-                row.lease_id,
-                row.lease_expires_at,
+                row.record.status,
+                row.record.lease_owner,
+                row.record.lease_id,
+                row.record.lease_expires_at,
                 owner=owner,
                 claimer_lease_id=lease_id,
                 now=now,
@@ -286,22 +340,23 @@ class InMemorySagaStore:
         for _, key in candidates:
             if len(claimed) >= limit:
                 break
+            row = self._rows[key]
             try:
-                record = decode_record(self._rows[key].text, saga_id=key)
+                copy = self._read(key, row)
             except CorruptRecordError as exc:
                 logger.error("cannot claim saga %s: %s", key, exc)  # noqa: TRY400 - no traceback needed
                 continue
-            if record.lease_owner is not None:
-                record.recovery_attempts += 1
-            record.previous_owner = record.lease_owner
-            record.lease_owner = owner
-            record.lease_id = lease_id
-            record.lease_expires_at = now + timedelta(seconds=lease_seconds)
-            record.updated_at = now
-            record.version += 1
-            self._rows[key] = self._row(record)
+            for record in (row.record, copy):
+                if record.lease_owner is not None:
+                    record.recovery_attempts += 1
+                record.previous_owner = record.lease_owner
+                record.lease_owner = owner
+                record.lease_id = lease_id
+                record.lease_expires_at = now + timedelta(seconds=lease_seconds)
+                record.updated_at = now
+                record.version += 1
             self.writes += 1
-            claimed.append(record)
+            claimed.append(copy)
         return claimed
 
     async def renew(
@@ -312,30 +367,27 @@ class InMemorySagaStore:
         held: builtins.list[str] = []
         for saga_id in saga_ids:
             row = self._rows.get(saga_id)
+            if row is None:
+                continue
+            record = row.record
             if (
-                row is None
-                or row.lease_owner != owner
-                or row.lease_id != lease_id
-                or row.status in TERMINAL_SAGA_STATUSES
+                record.lease_owner != owner
+                or record.lease_id != lease_id
+                or record.status in TERMINAL_SAGA_STATUSES
             ):
                 continue
-            record = decode_record(row.text, saga_id=saga_id)
             record.lease_expires_at = expires
-            self._rows[saga_id] = self._row(record)
             held.append(saga_id)
         return held
 
     async def release(self, saga_id: str, owner: str, lease_id: str) -> bool:
         """Drop this worker's lease on a saga; return whether it held it."""
         row = self._rows.get(saga_id)
-        if row is None or row.lease_owner != owner or row.lease_id != lease_id:
+        if row is None or row.record.lease_owner != owner or row.record.lease_id != lease_id:
             return False
-        record = decode_record(row.text, saga_id=saga_id)
-        record.lease_owner = None
-        record.lease_id = None
-        record.lease_expires_at = None
+        record = row.record
+        record.lease_owner = record.lease_id = record.lease_expires_at = None
         record.version += 1
-        self._rows[saga_id] = self._row(record)
         self.writes += 1
         return True
 
@@ -344,9 +396,9 @@ class InMemorySagaStore:
         doomed = [
             saga_id
             for saga_id, row in self._rows.items()
-            if row.status in TERMINAL_SAGA_STATUSES
-            and row.completed_at is not None
-            and row.completed_at < before
+            if row.record.status in TERMINAL_SAGA_STATUSES
+            and row.record.completed_at is not None
+            and row.record.completed_at < before
         ][:limit]
         for saga_id in doomed:
             del self._rows[saga_id]
