@@ -39,11 +39,20 @@ from lexigram.events.sagas.events import (
 )
 from lexigram.events.sagas.manager import SagaManager, SagaManagerProtocol
 from lexigram.events.sagas.store import InMemorySagaStore, SagaStore
-from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepRecord, SagaStepStatus
+from lexigram.events.sagas.types import (
+    TERMINAL_SAGA_STATUSES,
+    SagaRecord,
+    SagaStatus,
+    SagaStepRecord,
+    SagaStepStatus,
+    can_transition_saga,
+    can_transition_step,
+)
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
+    "TERMINAL_SAGA_STATUSES",
     "CompensationFailedError",
     "ConcurrencyConflictError",
     "CorruptRecordError",
@@ -81,5 +90,7 @@ __all__ = [
     "SagaStoreError",
     "SagaStoreUnavailableError",
     "SagaTimeoutError",
+    "can_transition_saga",
+    "can_transition_step",
     "saga_step",
 ]

@@ -116,21 +116,27 @@ class Engine:
 
     async def _run(self, run: SagaRun) -> None:
         record = run.record
+        # Whether to hand the saga back on the way out. Not for a crash (a BaseException
+        # such as SystemExit): like a dead process, it leaves the lease to expire.
+        release = False
         try:
             run.instance = run.flow.make_instance()
             await self._drive(run)
         except Interrupted as stop:
             logger.info("saga %s stopped (%s); it stays resumable", record.saga_id, stop.reason)
+            release = stop.reason != LEASE_LOST
         except asyncio.CancelledError:
             logger.info("saga %s task cancelled; it stays resumable", record.saga_id)
+            release = True
             raise
         except Exception:
-            # An engine or store failure, never a step failure: leave the saga as stored so
-            # any worker can recover it, and say why.
+            # An engine, store or factory failure, never a step failure: leave the saga as
+            # stored so any worker can recover it, and say why.
             logger.exception("saga %s could not continue; it stays resumable", record.saga_id)
+            release = True
         finally:
             del self.runs[record.saga_id]
-            if not run.finished and run.stop_reason != LEASE_LOST:
+            if release and not run.finished:
                 await self._release(record)
             run.finish(None)
             if record.deadline_at is not None:

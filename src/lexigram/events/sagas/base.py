@@ -23,7 +23,7 @@ from lexigram.events.sagas._flow import (
 from lexigram.events.sagas.config import SagaConfig, check_count, check_seconds
 from lexigram.events.sagas.errors import SagaDefinitionError
 
-__all__ = ["SagaBase", "StepSpec", "compile_saga", "saga_step"]
+__all__ = ["SagaBase", "saga_step"]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 

@@ -35,7 +35,6 @@ __all__ = [
     "SagaRecord",
     "SagaStepRecord",
     "SagaStore",
-    "is_claimable",
 ]
 
 
