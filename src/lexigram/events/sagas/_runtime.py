@@ -58,11 +58,23 @@ def _default_worker_id() -> str:
 
 @dataclass(frozen=True, slots=True)
 class RecoveryProblem:
-    """A saga ``recover()`` found but could not resume, and why (it was left untouched)."""
+    """A saga ``recover()`` found but could not resume (it was left untouched).
+
+    Attributes:
+        saga_id: The saga.
+        saga_name: Its recorded name.
+        error: Why: ``SagaNotFoundError`` when no saga of that name is registered,
+            ``SagaDefinitionError`` when the definition no longer matches its progress.
+    """
 
     saga_id: str
     saga_name: str
-    reason: str
+    error: SagaError
+
+    @property
+    def reason(self) -> str:
+        """The error's message."""
+        return str(self.error)
 
 
 @dataclass(slots=True)
@@ -406,7 +418,12 @@ class SagaRuntime:
             for record in batch:
                 reason = check_resumable(self.flow(record.saga_name), record)
                 if reason is not None:
-                    problems.append(RecoveryProblem(record.saga_id, record.saga_name, reason))
+                    error = SagaDefinitionError(
+                        f"saga '{record.saga_id}' cannot resume: {reason}",
+                        saga_name=record.saga_name,
+                        saga_id=record.saga_id,
+                    )
+                    problems.append(RecoveryProblem(record.saga_id, record.saga_name, error))
                     refused.append(record)
                     continue
                 engine.launch(record, self.flow(record.saga_name))
@@ -456,7 +473,7 @@ class SagaRuntime:
                         RecoveryProblem(
                             record.saga_id,
                             record.saga_name,
-                            f"no saga is registered with name '{record.saga_name}'",
+                            SagaNotFoundError.for_name(record.saga_name),
                         )
                     )
         return found
