@@ -8,10 +8,8 @@ the skip into a failure.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
-from collections.abc import Iterator
 from urllib.parse import urlparse
 
 import pytest
@@ -39,7 +37,7 @@ def postgres_required() -> bool:
 def postgres_reachable(dsn: str) -> str | None:
     """Return why PostgreSQL at ``dsn`` cannot be used, or ``None`` if a socket connects."""
     try:
-        import asyncpg  # noqa: F401, PLC0415 - optional dependency
+        import asyncpg  # noqa: F401 - optional dependency
     except ImportError:
         return "asyncpg is not installed (pip install 'lexigram-events[postgres]')"
     parsed = urlparse(dsn)
@@ -52,7 +50,7 @@ def postgres_reachable(dsn: str) -> str | None:
 
 
 @pytest.fixture(scope="session")
-def pg_dsn() -> Iterator[str]:
+def pg_dsn() -> str:
     """A reachable PostgreSQL DSN, or skip (fail under LEXIGRAM_REQUIRE_POSTGRES=1)."""
     dsn = postgres_dsn()
     problem = postgres_reachable(dsn)
@@ -60,14 +58,7 @@ def pg_dsn() -> Iterator[str]:
         if postgres_required():
             pytest.fail(f"PostgreSQL is required (LEXIGRAM_REQUIRE_POSTGRES=1) but {problem}")
         pytest.skip(f"PostgreSQL tests skipped: {problem}; set LEXIGRAM_TEST_POSTGRES_DSN")
-    yield dsn
-
-
-@pytest.fixture(autouse=True)
-def _asyncio_debug() -> Iterator[None]:
-    """Run every test's loop in debug mode (slow callbacks and never-awaited coroutines)."""
-    os.environ.setdefault("PYTHONASYNCIODEBUG", "1")
-    yield
+    return dsn
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -77,4 +68,4 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.postgres)
 
 
-__all__ = ["asyncio", "postgres_dsn", "postgres_reachable", "postgres_required"]
+__all__ = ["postgres_dsn", "postgres_reachable", "postgres_required"]

@@ -41,8 +41,9 @@ json_values = st.recursive(
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -239,7 +240,10 @@ class StoreContract:
     @settings(
         max_examples=25,
         deadline=None,
-        suppress_health_check=[HealthCheck.function_scoped_fixture],
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.differing_executors,
+        ],
     )
     @given(data=st.dictionaries(st.text(max_size=10), json_values, max_size=6))
     async def test_generated_context_round_trips(
@@ -275,7 +279,9 @@ class StoreContract:
         assert caught.value.saga_id == "bad-1"
         assert "bad-1" in str(caught.value)
 
-    async def test_claim_skips_corrupt_rows(self, store: SagaStore, corrupt_row: CorruptRow) -> None:
+    async def test_claim_skips_corrupt_rows(
+        self, store: SagaStore, corrupt_row: CorruptRow
+    ) -> None:
         """A corrupt row does not stop claims of the other sagas."""
         await store.save(make_record("good", created_at=BASE_TIME + timedelta(seconds=1)))
         await corrupt_row(store, "bad-1")
@@ -411,11 +417,16 @@ class StoreContract:
         """claim(saga_id=...) considers only that saga."""
         await store.save(make_record("a"))
         await store.save(make_record("b"))
-        claimed = await store.claim("w1", "l1", lease_seconds=30, saga_names=["orders"], saga_id="b")
+        claimed = await store.claim(
+            "w1", "l1", lease_seconds=30, saga_names=["orders"], saga_id="b"
+        )
         assert [r.saga_id for r in claimed] == ["b"]
-        assert await store.claim(
-            "w1", "l1", lease_seconds=30, saga_names=["orders"], saga_id="missing"
-        ) == []
+        assert (
+            await store.claim(
+                "w1", "l1", lease_seconds=30, saga_names=["orders"], saga_id="missing"
+            )
+            == []
+        )
 
     async def test_concurrent_claimers_never_share_a_saga(self, store: SagaStore) -> None:
         """Claimers racing over the same sagas each get a disjoint set, covering all."""

@@ -7,6 +7,7 @@ manager.start(...)``. State lives in a :class:`SagaStore` (``InMemorySagaStore``
 """
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 from lexigram.events.sagas._runtime import RecoveryProblem
 from lexigram.events.sagas.base import SagaBase, saga_step
@@ -25,6 +26,7 @@ from lexigram.events.sagas.errors import (
     SagaStoreError,
     SagaStoreUnavailableError,
     SagaTimeoutError,
+    SchemaVersionError,
 )
 from lexigram.events.sagas.events import (
     SagaCompensated,
@@ -49,7 +51,30 @@ from lexigram.events.sagas.types import (
     can_transition_step,
 )
 
+if TYPE_CHECKING:
+    from lexigram.events.sagas.postgres import PostgresSagaStore
+    from lexigram.events.sagas.sqlite import SQLiteSagaStore
+
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+# The durable stores are imported on first use, so that importing the package needs
+# neither asyncpg nor a Python built with sqlite3.
+_LAZY = {
+    "PostgresSagaStore": "lexigram.events.sagas.postgres",
+    "SQLiteSagaStore": "lexigram.events.sagas.sqlite",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "TERMINAL_SAGA_STATUSES",
@@ -60,8 +85,10 @@ __all__ = [
     "InMemorySagaStore",
     "NonRetryableError",
     "Ok",
+    "PostgresSagaStore",
     "RecoveryProblem",
     "Result",
+    "SQLiteSagaStore",
     "SagaBase",
     "SagaCompensated",
     "SagaCompensating",
@@ -90,6 +117,7 @@ __all__ = [
     "SagaStoreError",
     "SagaStoreUnavailableError",
     "SagaTimeoutError",
+    "SchemaVersionError",
     "can_transition_saga",
     "can_transition_step",
     "saga_step",

@@ -13,7 +13,8 @@ Every error the library raises on purpose derives from :class:`SagaError`::
     └── SagaStoreError                                 the store failed
         ├── ConcurrencyConflictError                   stale version on save
         ├── SagaStoreUnavailableError                  the store cannot be reached (transient)
-        └── CorruptRecordError                         a stored row cannot be read as a saga
+        ├── CorruptRecordError                         a stored row cannot be read as a saga
+        └── SchemaVersionError                         the store's schema is of another version
 
 Errors carry structured attributes (``saga_id``, ``step_name``, versions...) so callers can
 act on them without parsing messages. Messages never contain context payloads.
@@ -36,6 +37,7 @@ __all__ = [
     "SagaStoreError",
     "SagaStoreUnavailableError",
     "SagaTimeoutError",
+    "SchemaVersionError",
 ]
 
 
@@ -212,3 +214,21 @@ class CorruptRecordError(SagaStoreError):
         where = "" if saga_id is None else f"saga '{saga_id}': "
         super().__init__(where + message, saga_id=saga_id)
         self.field = field
+
+
+class SchemaVersionError(SagaStoreError):
+    """The store's tables were written by a library version with another layout.
+
+    Attributes:
+        table: The saga table.
+        found_version: The schema version recorded in the database.
+        supported_version: The schema version this library reads and writes.
+    """
+
+    def __init__(
+        self, message: str, *, table: str, found_version: str, supported_version: int
+    ) -> None:
+        super().__init__(message)
+        self.table = table
+        self.found_version = found_version
+        self.supported_version = supported_version

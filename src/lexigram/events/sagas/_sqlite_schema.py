@@ -1,0 +1,115 @@
+"""Opening ``SQLiteSagaStore``'s file: settings, the schema and its version.
+
+Runs on the store's worker thread, on first use (and again on the next operation if it
+failed). Creating the schema is idempotent across processes: the check is repeated inside
+a ``BEGIN IMMEDIATE`` transaction, so of two processes opening a fresh file at once, one
+creates the tables and the other finds them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from typing import Final
+
+from lexigram.events.sagas._sqlite_ops import SCHEMA_VERSION, Statements
+from lexigram.events.sagas.errors import SagaStoreError, SchemaVersionError
+
+__all__ = ["SchemaVersionError", "connect"]
+
+logger = logging.getLogger("lexigram.events.sagas")
+
+_IN_MEMORY: Final = ("", ":memory:")
+
+
+def connect(
+    path: str, sql: Statements, synchronous: str, journal_mode: str, busy_timeout: float
+) -> sqlite3.Connection:
+    """Open the file, apply the settings and make sure the schema is there."""
+    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+    try:
+        _set_journal_mode(conn, path, journal_mode, busy_timeout)
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        _ensure_schema(conn, sql, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _set_journal_mode(
+    conn: sqlite3.Connection, path: str, journal_mode: str, busy_timeout: float
+) -> None:
+    # Switching a fresh file to WAL needs a moment of exclusive access; another process
+    # opening the same file at that instant makes it fail with SQLITE_BUSY: retry.
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            row = conn.execute(f"PRAGMA journal_mode = {journal_mode}").fetchone()
+            break
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+            if not busy or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
+    mode = str(row[0]).upper() if row else "?"
+    if mode != journal_mode and path not in _IN_MEMORY:
+        logger.warning(
+            "SQLite saga store %s: journal_mode %s requested, the database uses %s",
+            path,
+            journal_mode,
+            mode,
+        )
+
+
+def _schema_version(conn: sqlite3.Connection, sql: Statements) -> str | None:
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (f"{sql.table}_meta",)
+    ).fetchone()
+    if exists is None:
+        return None
+    row = conn.execute(f"SELECT value FROM {sql.meta} WHERE key = 'schema_version'").fetchone()
+    return None if row is None else str(row[0])
+
+
+def _ensure_schema(conn: sqlite3.Connection, sql: Statements, path: str) -> None:
+    """Create the tables once (idempotent across processes); check the schema version."""
+    found = _schema_version(conn, sql)
+    if found is None:
+        conn.execute("BEGIN IMMEDIATE")  # serialises processes creating the schema at once
+        try:
+            found = _schema_version(conn, sql)
+            if found is None:
+                _create_schema(conn, sql, path)
+                found = str(SCHEMA_VERSION)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    if found != str(SCHEMA_VERSION):
+        raise SchemaVersionError(
+            f"the saga table '{sql.table}' in '{path}' has schema version {found}, but this "
+            f"version of lexigram-events uses schema version {SCHEMA_VERSION}; upgrade "
+            "lexigram-events or use another file or table",
+            table=sql.table,
+            found_version=found,
+            supported_version=SCHEMA_VERSION,
+        )
+
+
+def _create_schema(conn: sqlite3.Connection, sql: Statements, path: str) -> None:
+    taken = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (sql.table,)).fetchone()
+    if taken is not None:
+        raise SagaStoreError(
+            f"'{path}' already holds a table '{sql.table}' that lexigram-events did not "
+            f"create (it has no '{sql.table}_meta' table); choose another table name"
+        )
+    for statement in sql.schema:
+        conn.execute(statement)
+    conn.execute(f"CREATE TABLE {sql.meta} (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)")
+    conn.execute(
+        f"INSERT INTO {sql.meta} (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+    )
+    logger.info("created saga table %s (schema version %d) in %s", sql.table, SCHEMA_VERSION, path)
