@@ -1,0 +1,104 @@
+"""Rows of ``PostgresSagaStore``'s table to records, and records to statement arguments.
+
+A row is the shared codec's JSON document plus columns (see ``_pg_sql``). Reading lays the
+store-managed columns (version, ``updated_at``, the lease, ``previous_owner``,
+``recovery_attempts``) over the decoded document, because ``claim``, ``renew`` and
+``release`` change them in SQL without rewriting the document.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from lexigram.events.sagas._codec import decode_record, encode_record
+from lexigram.events.sagas.errors import CorruptRecordError, SagaDataError
+from lexigram.events.sagas.types import SagaRecord
+
+__all__ = ["record_from_row", "save_arguments"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def record_from_row(row: Any) -> SagaRecord:
+    """Decode a row selected with ``_pg_sql``'s column list.
+
+    Raises:
+        CorruptRecordError: the document is not a saga record, or its name or status
+            disagrees with the columns queries filter on (a row edited by hand).
+    """
+    saga_id = row["saga_id"]
+    record = decode_record(row["doc"], saga_id=saga_id)
+    if record.saga_name != row["saga_name"] or record.status.value != row["status"]:
+        raise CorruptRecordError(
+            "row columns disagree with the stored document", saga_id=saga_id, field="status"
+        )
+    record.version = row["version"]
+    record.updated_at = row["updated_at"]
+    record.lease_owner = row["lease_owner"]
+    record.lease_id = row["lease_id"]
+    record.lease_expires_at = row["lease_expires_at"]
+    record.previous_owner = row["previous_owner"]
+    record.recovery_attempts = row["recovery_attempts"]
+    return record
+
+
+def save_arguments(record: SagaRecord) -> tuple[Any, ...]:
+    """The ``$1..$13`` arguments of the insert and update statements for ``record``.
+
+    The lease is passed as its length (``lease_expires_at - updated_at``, as the engine
+    stamps both from one clock reading); the server adds it to its own ``now()``. A record
+    without an owner or an expiry stores no lease.
+
+    Raises:
+        SagaDataError: a value JSON cannot store, or text UTF-8 cannot (lone surrogates),
+            naming the keys; raised before anything is sent.
+    """
+    doc = encode_record(record)
+    try:
+        doc.encode()
+    except UnicodeEncodeError:
+        raise _unencodable(record) from None
+    lease: timedelta | None = None
+    if (
+        record.lease_owner is not None
+        and record.lease_expires_at is not None
+        and record.updated_at is not None
+    ):
+        lease = record.lease_expires_at - record.updated_at
+    return (
+        record.saga_id,
+        record.version,
+        record.saga_name,
+        record.status.value,
+        record.created_at or _EPOCH,  # ordering columns are NOT NULL; the document keeps None
+        record.updated_at,
+        record.completed_at,
+        record.lease_owner,
+        record.lease_id,
+        lease,
+        record.previous_owner,
+        record.recovery_attempts,
+        doc,
+    )
+
+
+def _unencodable(record: SagaRecord) -> SagaDataError:
+    bad = [key for key, value in record.data.items() if not _utf8({key: value})]
+    bad += [f"step:{name}" for name, step in record.steps.items() if not _utf8(step.output)]
+    names = ", ".join(f"'{key}'" for key in bad) or "(metadata)"
+    return SagaDataError(
+        f"saga '{record.saga_id}' cannot be stored: text at {names} is not valid UTF-8",
+        keys=bad,
+        saga_id=record.saga_id,
+    )
+
+
+def _utf8(value: object) -> bool:
+    """Whether ``value``'s JSON text can be encoded as UTF-8 (no lone surrogates)."""
+    try:
+        json.dumps(value, ensure_ascii=False, default=str).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
