@@ -33,4 +33,4 @@ def test_example_runs(example: Path, tmp_path: Path) -> None:
 def test_examples_exist() -> None:
     """The documented examples are present."""
     names = {path.name for path in EXAMPLES}
-    assert {"order_fulfillment.py", "recovery_after_crash.py"} <= names
+    assert {"order_fulfillment.py", "recovery_after_crash.py", "travel_booking.py"} <= names

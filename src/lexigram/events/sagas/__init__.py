@@ -2,17 +2,21 @@
 
 Define a sequential saga by subclassing :class:`SagaBase` and decorating async methods
 with :func:`saga_step`; register it on a :class:`SagaManager` and ``await
-manager.start(...)``. State lives in a :class:`SagaStore` (``InMemorySagaStore`` here,
-``SQLiteSagaStore`` and ``PostgresSagaStore`` in their own modules).
+manager.start(...)``. For parallel branches, conditional transitions and failure jumps,
+define a flow of :class:`OrchestratedStep` on a :class:`SagaOrchestrator`. Both run on one
+engine. State lives in a :class:`SagaStore`: ``InMemorySagaStore``, ``SQLiteSagaStore``
+or ``PostgresSagaStore``. :func:`to_mermaid` draws any definition.
 """
 
 import logging
 from typing import TYPE_CHECKING, Any
 
+from lexigram.events.sagas._flow import Flow
 from lexigram.events.sagas._runtime import RecoveryProblem
 from lexigram.events.sagas.base import SagaBase, saga_step
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import Err, Ok, Result, SagaContext, SagaStepResult
+from lexigram.events.sagas.diagram import instance_to_mermaid, to_mermaid
 from lexigram.events.sagas.errors import (
     CompensationFailedError,
     ConcurrencyConflictError,
@@ -40,6 +44,13 @@ from lexigram.events.sagas.events import (
     SagaStepFailed,
 )
 from lexigram.events.sagas.manager import SagaManager, SagaManagerProtocol
+from lexigram.events.sagas.orchestrator import (
+    ConditionalTransition,
+    OrchestratedStep,
+    SagaAction,
+    SagaOrchestrator,
+    transition,
+)
 from lexigram.events.sagas.store import InMemorySagaStore, SagaStore
 from lexigram.events.sagas.types import (
     TERMINAL_SAGA_STATUSES,
@@ -80,15 +91,19 @@ __all__ = [
     "TERMINAL_SAGA_STATUSES",
     "CompensationFailedError",
     "ConcurrencyConflictError",
+    "ConditionalTransition",
     "CorruptRecordError",
     "Err",
+    "Flow",
     "InMemorySagaStore",
     "NonRetryableError",
     "Ok",
+    "OrchestratedStep",
     "PostgresSagaStore",
     "RecoveryProblem",
     "Result",
     "SQLiteSagaStore",
+    "SagaAction",
     "SagaBase",
     "SagaCompensated",
     "SagaCompensating",
@@ -104,6 +119,7 @@ __all__ = [
     "SagaManager",
     "SagaManagerProtocol",
     "SagaNotFoundError",
+    "SagaOrchestrator",
     "SagaRecord",
     "SagaStarted",
     "SagaStatus",
@@ -120,5 +136,8 @@ __all__ = [
     "SchemaVersionError",
     "can_transition_saga",
     "can_transition_step",
+    "instance_to_mermaid",
     "saga_step",
+    "to_mermaid",
+    "transition",
 ]

@@ -217,12 +217,12 @@ class Engine:
             run.checkpoint(forward=True)
             node = flow.steps[name]
             if record.transitions >= max_transitions:
-                error = (
+                # The step is not entered: an earlier, completed visit of it stays
+                # completed and is compensated like any other.
+                return (
                     f"the flow exceeded max_transitions ({max_transitions}) "
                     f"before entering step '{name}'"
                 )
-                self._record_failure(run, node, error)
-                return f"step '{name}' failed: {error}"
             record.transitions += 1
             if node.is_group:
                 ok, error = await self._run_group(run, node, run.ctx, task)
@@ -231,7 +231,9 @@ class Engine:
             if ok:
                 nxt, error = self._next_step(run, node)
                 if error:
-                    self._record_failure(run, node, error)
+                    # The step's action completed (it stays COMPLETED and is compensated);
+                    # the flow cannot go on from it.
+                    failure = error
                 else:
                     record.current_step = nxt
                     if nxt is None:
@@ -242,12 +244,14 @@ class Engine:
                             return None
                         continue
                     record.current_step = name
-                    error = record.steps[name].error or ""
+                    failure = f"step '{name}' failed: {record.steps[name].error or ''}"
+            else:
+                failure = f"step '{name}' failed: {error}"
             if node.on_failure is not None:
                 record.current_step = node.on_failure
                 await self._writer.save(run)
                 continue
-            return f"step '{name}' failed: {error}"
+            return failure
 
     def _next_step(self, run: SagaRun, node: FlowStep) -> tuple[str | None, str]:
         """Resolve where the flow goes after ``node``: ``(name, "")`` or ``(None, error)``."""
