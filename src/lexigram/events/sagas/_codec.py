@@ -53,10 +53,18 @@ def _make_dumps() -> Callable[[object], str]:
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:  # a Python without the C accelerator
         return fallback
-    # Arguments: markers (None: no cycle check; a cycle hits RecursionError), default,
-    # string encoder, indent, key and item separators, sort_keys, skipkeys, allow_nan.
+    # markers=None: no cycle check (a cycle ends in RecursionError, which callers handle).
+    sort_keys = skip_keys = allow_nan = False
     encode = make(
-        None, _refuse, json.encoder.encode_basestring, None, ":", ",", False, False, False  # noqa: FBT003
+        None,
+        _refuse,
+        json.encoder.encode_basestring,
+        None,
+        ":",
+        ",",
+        sort_keys,
+        skip_keys,
+        allow_nan,
     )
     join = "".join
 

@@ -15,7 +15,7 @@ from typing import Any
 from lexigram.events.sagas.config import SagaConfig, check_count, check_seconds
 from lexigram.events.sagas.context import SagaContext
 from lexigram.events.sagas.errors import SagaDefinitionError
-from lexigram.events.sagas.types import SagaRecord
+from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepStatus
 
 __all__ = [
     "Flow",
@@ -23,6 +23,7 @@ __all__ = [
     "RetryPolicy",
     "StepCallable",
     "Transition",
+    "align_cursor",
     "check_resumable",
     "resolve_policy",
     "validate_flow",
@@ -174,3 +175,22 @@ def check_resumable(flow: Flow, record: SagaRecord) -> str | None:
     if record.current_step is not None and record.current_step not in flow.steps:
         return f"the next step '{record.current_step}' is no longer defined"
     return None
+
+
+def align_cursor(flow: Flow, record: SagaRecord) -> None:
+    """Point a resumed sequential saga at the step after its last recorded one.
+
+    A definition may gain steps after the last recorded step; the stored ``current_step``
+    names the step that *was* next, which may no longer be. Graph flows keep theirs.
+    """
+    if flow.linear is None or record.status not in (SagaStatus.PENDING, SagaStatus.RUNNING):
+        return
+    if not record.steps:
+        record.current_step = flow.entry
+        return
+    recorded = list(record.steps)
+    if record.steps[recorded[-1]].status is not SagaStepStatus.COMPLETED:
+        record.current_step = recorded[-1]  # the step in flight runs again
+        return
+    position = len(recorded)
+    record.current_step = flow.linear[position] if position < len(flow.linear) else None

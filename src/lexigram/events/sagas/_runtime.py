@@ -23,15 +23,17 @@ from lexigram.events._bus import EventBusProtocol
 from lexigram.events._domain import DomainEvent
 from lexigram.events.sagas._codec import check_data
 from lexigram.events.sagas._engine import CANCEL, SHUTDOWN, Engine
-from lexigram.events.sagas._flow import Flow, check_resumable
+from lexigram.events.sagas._flow import Flow, align_cursor, check_resumable
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.errors import (
     ConcurrencyConflictError,
+    CorruptRecordError,
     SagaDataError,
     SagaDefinitionError,
     SagaError,
     SagaLeaseError,
     SagaNotFoundError,
+    SagaStoreError,
     SagaStoreUnavailableError,
     SagaTimeoutError,
 )
@@ -135,6 +137,7 @@ class SagaRuntime:
         self._clock = clock
         self._registry = _Registry()
         self._subscriptions: list[_Subscription] = []
+        self._starting: set[str] = set()  # ids whose start() is storing them right now
         self._closed = False
         self._engine = Engine(
             self._store,
@@ -228,8 +231,8 @@ class SagaRuntime:
             saga_id = str(uuid.uuid4())
         else:
             saga_id = check_saga_id(saga_id)
-            if saga_id in self._engine.runs:
-                return saga_id
+            if saga_id in self._engine.runs or saga_id in self._starting:
+                return saga_id  # already running (or being stored) here
         if correlation_id is not None and not isinstance(correlation_id, str):
             raise SagaDataError("correlation_id must be a str")
         now = self._clock()
@@ -246,13 +249,36 @@ class SagaRuntime:
             lease_id=self._engine.lease_id,
             lease_expires_at=now + timedelta(seconds=self._config.lease_seconds),
         )
+        self._starting.add(saga_id)
         try:
             await self._store.save(record)
         except ConcurrencyConflictError:
-            logger.debug("saga %s already exists; start is a no-op", saga_id)
+            await self._adopt(saga_id)
             return saga_id
+        finally:
+            self._starting.discard(saga_id)
         self._engine.launch(record, flow)
         return saga_id
+
+    async def _adopt(self, saga_id: str) -> None:
+        """Run a saga an earlier ``start()`` of this worker stored but could not launch.
+
+        That happens when the insert landed but its reply was lost: the caller saw an error
+        and retried with the same id. The saga is held under this worker's own lease, so
+        no other worker (nor ``recover()``) would run it before the lease expired.
+        """
+        existing = await self._store.load(saga_id)
+        if (
+            existing is None
+            or existing.is_terminal
+            or existing.lease_id != self._engine.lease_id
+            or saga_id in self._engine.runs
+        ):
+            logger.debug("saga %s already exists; start is a no-op", saga_id)
+            return
+        flow = self._registry.flows.get(existing.saga_name)
+        if flow is not None:
+            self._engine.launch(existing, flow)
 
     async def wait(self, saga_id: str, *, timeout: float | None = None) -> SagaRecord:
         """Return the saga's record once it is terminal.
@@ -340,20 +366,22 @@ class SagaRuntime:
         A no-op on a terminal saga. A saga no live worker runs is taken over here.
 
         Raises:
-            SagaNotFoundError: no saga has this id.
+            SagaNotFoundError: no saga has this id, or its name is not registered here.
             SagaLeaseError: another live worker runs the saga (cancel it there).
+            SagaDefinitionError: the registered definition no longer matches its progress.
         """
         run = self._engine.runs.get(saga_id)
-        if run is None:
-            record = await self._store.load(saga_id)
-            if record is None:
-                raise SagaNotFoundError.for_id(saga_id)
-            if record.is_terminal:
-                return record
-            claimed = await self._claim_one(record)
-            self._engine.launch(claimed, self.flow(claimed.saga_name), stop=(CANCEL, reason))
-        else:
+        if run is not None:
             run.stop(CANCEL, reason)
+            return await self.wait(saga_id)
+        self._check_open()
+        record = await self._store.load(saga_id)
+        if record is None:
+            raise SagaNotFoundError.for_id(saga_id)
+        if record.is_terminal:
+            return record
+        claimed, flow = await self._take_over(record)
+        self._engine.launch(claimed, flow, stop=(CANCEL, reason))
         return await self.wait(saga_id)
 
     async def resume(self, saga_id: str) -> None:
@@ -372,17 +400,24 @@ class SagaRuntime:
             raise SagaNotFoundError.for_id(saga_id)
         if record.is_terminal:
             return
+        claimed, flow = await self._take_over(record)
+        self._engine.launch(claimed, flow)
+
+    def _resumable(self, record: SagaRecord) -> Flow:
+        """Return the flow ``record`` can resume under, or raise why it cannot."""
         flow = self.flow(record.saga_name)
         problem = check_resumable(flow, record)
         if problem is not None:
             raise SagaDefinitionError(
-                f"saga '{saga_id}' cannot resume: {problem}",
+                f"saga '{record.saga_id}' cannot resume: {problem}",
                 saga_name=record.saga_name,
-                saga_id=saga_id,
+                saga_id=record.saga_id,
             )
-        self._engine.launch(await self._claim_one(record), flow)
+        return flow
 
-    async def _claim_one(self, record: SagaRecord) -> SagaRecord:
+    async def _take_over(self, record: SagaRecord) -> tuple[SagaRecord, Flow]:
+        """Check, claim and prepare one stored saga for a run in this worker."""
+        self._resumable(record)  # refuse before touching the stored saga
         engine = self._engine
         claimed = await self._store.claim(
             engine.worker_id,
@@ -398,7 +433,13 @@ class SagaRuntime:
                 saga_id=record.saga_id,
                 owner=record.lease_owner,
             )
-        return claimed[0]
+        try:
+            flow = self._resumable(claimed[0])  # it may have moved on since it was loaded
+        except SagaError:
+            await self._store.release(record.saga_id, engine.worker_id, engine.lease_id)
+            raise
+        align_cursor(flow, claimed[0])
+        return claimed[0], flow
 
     async def recover(self) -> int:
         """Claim and resume every non-terminal saga of a registered name no live worker holds.
@@ -416,17 +457,14 @@ class SagaRuntime:
         while names:
             batch = await self._claim_batch(names)
             for record in batch:
-                reason = check_resumable(self.flow(record.saga_name), record)
-                if reason is not None:
-                    error = SagaDefinitionError(
-                        f"saga '{record.saga_id}' cannot resume: {reason}",
-                        saga_name=record.saga_name,
-                        saga_id=record.saga_id,
-                    )
+                try:
+                    flow = self._resumable(record)
+                except SagaDefinitionError as error:
                     problems.append(RecoveryProblem(record.saga_id, record.saga_name, error))
                     refused.append(record)
                     continue
-                engine.launch(record, self.flow(record.saga_name))
+                align_cursor(flow, record)
+                engine.launch(record, flow)
                 resumed += 1
             if len(batch) < _CLAIM_BATCH:
                 break
@@ -465,9 +503,20 @@ class SagaRuntime:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _unregistered_sagas(self) -> builtins.list[RecoveryProblem]:
+        """List unfinished sagas of names not registered here (best effort, for reporting)."""
         found: builtins.list[RecoveryProblem] = []
         for status in (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING):
-            for record in await self._store.list(status=status, limit=1000):
+            try:
+                records = await self._store.list(status=status, limit=1000)
+            except CorruptRecordError as error:
+                found.append(RecoveryProblem(error.saga_id or "?", "?", error))
+                continue
+            except SagaStoreError:
+                logger.warning(
+                    "recover(): could not list %s sagas to report", status, exc_info=True
+                )
+                continue
+            for record in records:
                 if record.saga_name not in self._registry.flows:
                     found.append(
                         RecoveryProblem(
