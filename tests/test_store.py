@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from lexigram.events.sagas import InMemorySagaStore, SagaStore
-from lexigram.events.sagas.store import _Row, is_claimable
+from lexigram.events.sagas.store import _EXPIRES, _Row, is_claimable
 from lexigram.events.sagas.types import SagaStatus
 from tests.store_contract import BASE_TIME, CorruptRow, ExpireLeases, StoreContract, make_record
 
@@ -26,7 +26,7 @@ def expire_leases() -> ExpireLeases:
         assert isinstance(store, InMemorySagaStore)
         past = datetime.now(UTC) - timedelta(seconds=1)
         for saga_id in saga_ids:
-            store._rows[saga_id].record.lease_expires_at = past
+            store._rows[saga_id].fields[_EXPIRES] = past
 
     return expire
 
@@ -35,7 +35,9 @@ def expire_leases() -> ExpireLeases:
 def corrupt_row() -> CorruptRow:
     async def corrupt(store: SagaStore, saga_id: str) -> None:
         assert isinstance(store, InMemorySagaStore)
-        store._rows[saga_id] = _Row(make_record(saga_id), payload="{not json")
+        row = _Row.of(make_record(saga_id))
+        row.payload = "{not json"
+        store._rows[saga_id] = row
 
     return corrupt
 

@@ -158,7 +158,8 @@ class Engine:
             return
         if record.status is SagaStatus.PENDING:
             record.status = SagaStatus.RUNNING
-            await self._publish(run, ev.SagaStarted)
+            if self.bus is not None:
+                await self._publish(run, ev.SagaStarted)
         error: str | None
         try:
             if poisoned:
@@ -353,28 +354,40 @@ class Engine:
         *,
         forward: bool,
     ) -> tuple[bool, dict[str, Any], str, bool]:
-        """Run one attempt of a step or compensation: ``(ok, output, error, retryable)``."""
+        """Run one attempt of a step or compensation: ``(ok, output, error, retryable)``.
+
+        The user code is awaited right here (no task, no wrapper coroutine: this is the hot
+        path), registered so that ``SagaRun.stop`` can interrupt it.
+        """
         run.checkpoint(forward=forward)
         timeout = policy.timeout
+        in_user_code = run.in_user_code
+        in_user_code[task] = forward
         try:
             if timeout is None:
-                raw = await run.call_user(func(run.instance, ctx), task, forward=forward)
+                raw = await func(run.instance, ctx)
             else:
                 async with asyncio.timeout(timeout):
                     try:
-                        raw = await run.call_user(func(run.instance, ctx), task, forward=forward)
+                        raw = await func(run.instance, ctx)
                     except TimeoutError as own:  # raised by the step, not by our timeout
                         raise _StepTimeoutError(describe_error(own)) from own
+        except asyncio.CancelledError:
+            if run.owns_cancel(task):
+                raise Interrupted(run.stop_reason or SHUTDOWN) from None
+            raise
         except _StepTimeoutError as exc:
             return False, {}, str(exc), True
         except TimeoutError:
             error = f"SagaTimeoutError: step '{name}' attempt timed out after {timeout:g}s"
             return False, {}, error, True
-        except Interrupted:
-            raise
         except Exception as exc:
             retryable = not isinstance(exc, self.config.non_retryable_exceptions)
             return False, {}, describe_error(exc), retryable
+        finally:
+            del in_user_code[task]
+        if run.cancelled_tasks and task in run.cancelled_tasks:
+            await run.absorb_late_cancel(task)
         return interpret_result(raw, name)
 
     async def _pause(
@@ -447,7 +460,8 @@ class Engine:
         """Persist a step's completion; an output or context JSON cannot hold fails the step."""
         rejected = await self._writer.save(run, terminal=terminal, commit=True)
         if not rejected:
-            await self._publish(run, ev.SagaStepCompleted, node.name, attempt=run.ctx.attempt)
+            if self.bus is not None:
+                await self._publish(run, ev.SagaStepCompleted, node.name, attempt=run.ctx.attempt)
             return True
         if terminal:
             run.record.status = SagaStatus.RUNNING
@@ -580,7 +594,9 @@ class Engine:
     async def _announce(self, run: SagaRun) -> None:
         """Publish the terminal event and wake the waiters (the record is durable now)."""
         record = run.record
-        if record.status is SagaStatus.COMPLETED:
+        if self.bus is None:
+            pass
+        elif record.status is SagaStatus.COMPLETED:
             await self._publish(run, ev.SagaCompleted)
         elif record.status is SagaStatus.COMPENSATED:
             await self._publish(run, ev.SagaCompensated, error=record.error or "")

@@ -39,12 +39,12 @@ class SagaRun:
     """One saga being run by this worker: its record, context and stop signal."""
 
     __slots__ = (
-        "_cancelled",
-        "_in_user_code",
         "_save_lock",
+        "cancelled_tasks",
         "ctx",
         "finished",
         "flow",
+        "in_user_code",
         "instance",
         "outcome",
         "record",
@@ -67,9 +67,9 @@ class SagaRun:
         self.stop_reason: str | None = None
         self.stop_message = ""
         # Tasks awaiting user code now -> whether a cancel/deadline may interrupt them.
-        self._in_user_code: dict[asyncio.Task[Any], bool] = {}
+        self.in_user_code: dict[asyncio.Task[Any], bool] = {}
         # Tasks this run cancelled and that have not absorbed the cancellation yet.
-        self._cancelled: set[asyncio.Task[Any]] = set()
+        self.cancelled_tasks: set[asyncio.Task[Any]] = set()
         self._save_lock: asyncio.Lock | None = None
         self.seq = 1 + max(
             (s.completion_seq for s in record.steps.values() if s.completion_seq is not None),
@@ -117,10 +117,34 @@ class SagaRun:
         self.stop_reason = reason
         self.stop_message = message
         hard = reason in HARD_STOPS
-        for task, forward in self._in_user_code.items():
-            if (forward or hard) and task not in self._cancelled:
-                self._cancelled.add(task)
+        for task, forward in self.in_user_code.items():
+            if (forward or hard) and task not in self.cancelled_tasks:
+                self.cancelled_tasks.add(task)
                 task.cancel()
+
+    def owns_cancel(self, task: asyncio.Task[Any]) -> bool:
+        """After ``CancelledError`` in user code: whether ``stop()`` alone caused it.
+
+        When it did, the cancellation is consumed (the task's cancel count is restored) and
+        the caller raises ``Interrupted``; otherwise the caller re-raises the error, since
+        someone else is cancelling the task.
+        """
+        if task not in self.cancelled_tasks:
+            return False
+        self.cancelled_tasks.discard(task)
+        return task.uncancel() == 0
+
+    async def absorb_late_cancel(self, task: asyncio.Task[Any]) -> None:
+        """Consume a ``stop()`` cancel that arrived as the user code finished.
+
+        The user code's result stands and the next checkpoint sees the stop reason; the
+        pending cancellation must not hit the engine's next write instead.
+        """
+        self.cancelled_tasks.discard(task)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0)
+        if task.uncancel() > 0:
+            raise asyncio.CancelledError
 
     async def call_user(
         self, awaitable: Awaitable[Any], task: asyncio.Task[Any], *, forward: bool
@@ -130,27 +154,17 @@ class SagaRun:
         Raises:
             Interrupted: the run was stopped while the user code ran.
         """
-        self._in_user_code[task] = forward
+        self.in_user_code[task] = forward
         try:
             result = await awaitable
         except asyncio.CancelledError:
-            if task not in self._cancelled:
-                raise  # not ours: the caller's task is being cancelled
-            self._cancelled.discard(task)
-            if task.uncancel() > 0:
-                raise  # someone else cancelled it too
-            raise Interrupted(self.stop_reason or SHUTDOWN) from None
+            if self.owns_cancel(task):
+                raise Interrupted(self.stop_reason or SHUTDOWN) from None
+            raise
         finally:
-            del self._in_user_code[task]
-        if task in self._cancelled:
-            # Our cancel came as the user code finished (or the code swallowed it): absorb
-            # it here so it cannot hit the engine's next write. The result stands; the next
-            # checkpoint sees the stop reason.
-            self._cancelled.discard(task)
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(0)
-            if task.uncancel() > 0:
-                raise asyncio.CancelledError
+            del self.in_user_code[task]
+        if task in self.cancelled_tasks:
+            await self.absorb_late_cancel(task)
         return result
 
     def checkpoint(self, *, forward: bool) -> None:

@@ -12,14 +12,14 @@ is the only writer of progress; workers coordinate through conditional writes:
 from __future__ import annotations
 
 import builtins
-import json
 import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any, Protocol, runtime_checkable
 
-from lexigram.events.sagas._codec import encode_record
+from lexigram.events.sagas._codec import dumps_json, encode_record, loads_json
 from lexigram.events.sagas.errors import ConcurrencyConflictError, CorruptRecordError
 from lexigram.events.sagas.types import (
     TERMINAL_SAGA_STATUSES,
@@ -147,17 +147,66 @@ def is_claimable(
     return lease_owner == owner and lease_id != claimer_lease_id
 
 
+# A stored saga is kept as tuples of its immutable fields (ids, statuses, times, counters),
+# read in one C call by ``attrgetter``, plus the JSON text of its mutable, JSON-valued parts
+# (data, metadata, step outputs and attempt errors). Saving costs one pass over the fields
+# and one JSON encoding; loading builds fresh objects from both, so callers always get a
+# copy and a value JSON cannot hold is rejected exactly as the durable stores reject it.
+_JSON_FIELDS = ("data", "steps", "metadata")
+_PLAIN = tuple(name for name in SagaRecord.__slots__ if name not in _JSON_FIELDS)
+_STEP_PLAIN = tuple(
+    name for name in SagaStepRecord.__slots__ if name not in ("output", "attempt_errors")
+)
+_plain_fields = attrgetter(*_PLAIN)
+_step_fields = attrgetter(*_STEP_PLAIN)
+_AT = {name: index for index, name in enumerate(_PLAIN)}
+_NAME, _STATUS, _VERSION = _AT["saga_name"], _AT["status"], _AT["version"]
+_CREATED, _COMPLETED = _AT["created_at"], _AT["completed_at"]
+_OWNER, _LEASE_ID, _EXPIRES = _AT["lease_owner"], _AT["lease_id"], _AT["lease_expires_at"]
+
+
 @dataclass(slots=True)
 class _Row:
-    """One stored saga: a private skeleton of its record plus its JSON-valued parts as text.
+    """One stored saga: its plain fields, its steps' plain fields, and the JSON rest."""
 
-    The skeleton holds the plain fields (ids, statuses, times, counters) and is never handed
-    out; ``payload`` is the JSON text of the data, metadata and step outputs. Loading builds
-    a fresh record from both, so callers always get a copy.
-    """
-
-    record: SagaRecord
+    fields: builtins.list[Any]
+    steps: tuple[tuple[Any, ...], ...]
     payload: str
+
+    @classmethod
+    def of(cls, record: SagaRecord) -> _Row:
+        steps = record.steps.values()
+        try:
+            payload = dumps_json(
+                (
+                    record.data,
+                    record.metadata,
+                    [(step.output, step.attempt_errors) for step in steps],
+                )
+            )
+        except (TypeError, ValueError, RecursionError):
+            encode_record(record)  # raises SagaDataError naming the keys
+            raise
+        return cls(builtins.list(_plain_fields(record)), tuple(map(_step_fields, steps)), payload)
+
+    def record(self, saga_id: str) -> SagaRecord:
+        """Build a fresh record from the stored parts."""
+        try:
+            data, metadata, step_parts = loads_json(self.payload)
+        except ValueError:
+            raise CorruptRecordError("stored payload is not valid JSON", saga_id=saga_id) from None
+        steps = {}
+        for fields, (output, errors) in zip(self.steps, step_parts, strict=True):
+            step = SagaStepRecord(**dict(zip(_STEP_PLAIN, fields, strict=True)))
+            step.output = output
+            step.attempt_errors = errors
+            steps[step.step_name] = step
+        return SagaRecord(
+            **dict(zip(_PLAIN, self.fields, strict=True)),
+            data=data,
+            steps=steps,
+            metadata=metadata,
+        )
 
 
 def _utc_now() -> datetime:
@@ -165,54 +214,6 @@ def _utc_now() -> datetime:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_encode_payload = json.JSONEncoder(
-    ensure_ascii=False, allow_nan=False, separators=(",", ":")
-).encode
-
-
-def _clone(record: SagaRecord, payload: Any) -> SagaRecord:
-    """Copy ``record``'s plain fields, taking the JSON-valued parts from ``payload``."""
-    data, metadata, outputs = payload
-    steps = {
-        name: SagaStepRecord(
-            step.step_name,
-            step.status,
-            step.started_at,
-            step.completed_at,
-            output,
-            step.error,
-            step.attempts,
-            builtins.list(step.attempt_errors),
-            step.compensation_attempts,
-            step.compensation_error,
-            step.compensated_at,
-            step.completion_seq,
-            step.visits,
-            step.parent,
-        )
-        for (name, step), output in zip(record.steps.items(), outputs, strict=True)
-    }
-    return SagaRecord(
-        record.saga_id,
-        record.saga_name,
-        record.status,
-        data,
-        steps,
-        record.created_at,
-        record.updated_at,
-        record.completed_at,
-        record.error,
-        record.version,
-        metadata,
-        record.deadline_at,
-        record.current_step,
-        record.transitions,
-        record.lease_owner,
-        record.lease_id,
-        record.lease_expires_at,
-        record.previous_owner,
-        record.recovery_attempts,
-    )
 
 
 class InMemorySagaStore:
@@ -233,44 +234,25 @@ class InMemorySagaStore:
         self.writes = 0
         """How many writes succeeded (saves, claims, releases): a cheap probe for tests."""
 
-    @staticmethod
-    def _snapshot(record: SagaRecord) -> _Row:
-        try:
-            payload = _encode_payload(
-                (record.data, record.metadata, [step.output for step in record.steps.values()])
-            )
-        except (TypeError, ValueError, RecursionError):
-            encode_record(record)  # raises SagaDataError naming the keys
-            raise
-        return _Row(_clone(record, json.loads(payload)), payload)
-
-    @staticmethod
-    def _read(saga_id: str, row: _Row) -> SagaRecord:
-        try:
-            payload = json.loads(row.payload)
-        except ValueError:
-            raise CorruptRecordError("stored payload is not valid JSON", saga_id=saga_id) from None
-        return _clone(row.record, payload)
-
     async def save(self, record: SagaRecord) -> None:
         """Insert (version 0) or conditionally update ``record``; bump ``record.version``."""
         current = self._rows.get(record.saga_id)
-        stored_version = 0 if current is None else current.record.version
+        stored_version = 0 if current is None else current.fields[_VERSION]
         if stored_version != record.version:
             raise ConcurrencyConflictError(
                 record.saga_id,
                 expected_version=record.version,
                 actual_version=None if current is None else stored_version,
             )
-        row = self._snapshot(record)
-        row.record.version = record.version = stored_version + 1
+        row = _Row.of(record)
+        row.fields[_VERSION] = record.version = stored_version + 1
         self._rows[record.saga_id] = row
         self.writes += 1
 
     async def load(self, saga_id: str) -> SagaRecord | None:
         """Return a copy of the saga's record, or ``None``."""
         row = self._rows.get(saga_id)
-        return None if row is None else self._read(saga_id, row)
+        return None if row is None else row.record(saga_id)
 
     async def list_by_name(self, saga_name: str) -> builtins.list[SagaRecord]:
         """Return every saga of ``saga_name``, newest first."""
@@ -292,15 +274,15 @@ class InMemorySagaStore:
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
         found = [
-            (row.record.created_at or _EPOCH, saga_id)
+            (row.fields[_CREATED] or _EPOCH, saga_id)
             for saga_id, row in self._rows.items()
-            if (saga_name is None or row.record.saga_name == saga_name)
-            and (status is None or row.record.status == status)
+            if (saga_name is None or row.fields[_NAME] == saga_name)
+            and (status is None or row.fields[_STATUS] == status)
         ]
         found.sort(reverse=True)
         if limit is not None:
             found = found[:limit]
-        return [self._read(saga_id, self._rows[saga_id]) for _, saga_id in found]
+        return [self._rows[saga_id].record(saga_id) for _, saga_id in found]
 
     async def delete(self, saga_id: str) -> bool:
         """Delete the saga; return whether it existed."""
@@ -321,15 +303,15 @@ class InMemorySagaStore:
         names = set(saga_names)
         ids = [saga_id] if saga_id is not None else builtins.list(self._rows)
         candidates = sorted(
-            (row.record.created_at or _EPOCH, key)
+            (row.fields[_CREATED] or _EPOCH, key)
             for key in ids
             if (row := self._rows.get(key)) is not None
-            and row.record.saga_name in names
+            and row.fields[_NAME] in names
             and is_claimable(
-                row.record.status,
-                row.record.lease_owner,
-                row.record.lease_id,
-                row.record.lease_expires_at,
+                row.fields[_STATUS],
+                row.fields[_OWNER],
+                row.fields[_LEASE_ID],
+                row.fields[_EXPIRES],
                 owner=owner,
                 claimer_lease_id=lease_id,
                 now=now,
@@ -339,23 +321,22 @@ class InMemorySagaStore:
         for _, key in candidates:
             if len(claimed) >= limit:
                 break
-            row = self._rows[key]
             try:
-                copy = self._read(key, row)
+                record = self._rows[key].record(key)
             except CorruptRecordError as exc:
                 logger.error("cannot claim saga %s: %s", key, exc)  # noqa: TRY400 - no traceback needed
                 continue
-            for record in (row.record, copy):
-                if record.lease_owner is not None:
-                    record.recovery_attempts += 1
-                record.previous_owner = record.lease_owner
-                record.lease_owner = owner
-                record.lease_id = lease_id
-                record.lease_expires_at = now + timedelta(seconds=lease_seconds)
-                record.updated_at = now
-                record.version += 1
+            if record.lease_owner is not None:
+                record.recovery_attempts += 1
+            record.previous_owner = record.lease_owner
+            record.lease_owner = owner
+            record.lease_id = lease_id
+            record.lease_expires_at = now + timedelta(seconds=lease_seconds)
+            record.updated_at = now
+            record.version += 1
+            self._rows[key].fields = builtins.list(_plain_fields(record))
             self.writes += 1
-            claimed.append(copy)
+            claimed.append(record)
         return claimed
 
     async def renew(
@@ -368,25 +349,25 @@ class InMemorySagaStore:
             row = self._rows.get(saga_id)
             if row is None:
                 continue
-            record = row.record
+            fields = row.fields
             if (
-                record.lease_owner != owner
-                or record.lease_id != lease_id
-                or record.status in TERMINAL_SAGA_STATUSES
+                fields[_OWNER] != owner
+                or fields[_LEASE_ID] != lease_id
+                or fields[_STATUS] in TERMINAL_SAGA_STATUSES
             ):
                 continue
-            record.lease_expires_at = expires
+            fields[_EXPIRES] = expires
             held.append(saga_id)
         return held
 
     async def release(self, saga_id: str, owner: str, lease_id: str) -> bool:
         """Drop this worker's lease on a saga; return whether it held it."""
         row = self._rows.get(saga_id)
-        if row is None or row.record.lease_owner != owner or row.record.lease_id != lease_id:
+        if row is None or row.fields[_OWNER] != owner or row.fields[_LEASE_ID] != lease_id:
             return False
-        record = row.record
-        record.lease_owner = record.lease_id = record.lease_expires_at = None
-        record.version += 1
+        fields = row.fields
+        fields[_OWNER] = fields[_LEASE_ID] = fields[_EXPIRES] = None
+        fields[_VERSION] += 1
         self.writes += 1
         return True
 
@@ -395,9 +376,9 @@ class InMemorySagaStore:
         doomed = [
             saga_id
             for saga_id, row in self._rows.items()
-            if row.record.status in TERMINAL_SAGA_STATUSES
-            and row.record.completed_at is not None
-            and row.record.completed_at < before
+            if row.fields[_STATUS] in TERMINAL_SAGA_STATUSES
+            and row.fields[_COMPLETED] is not None
+            and row.fields[_COMPLETED] < before
         ][:limit]
         for saga_id in doomed:
             del self._rows[saga_id]
