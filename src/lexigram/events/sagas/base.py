@@ -176,16 +176,20 @@ def _collect_steps(
     The functions are the plain ``(self, ctx)`` functions; the engine calls them with the
     run's saga instance, which spares a bound-method lookup per step.
     """
-    actions: dict[str, _Found] = {}
-    compensations: dict[str, _Found] = {}
+    actions: dict[str, _Found | None] = {}
+    compensations: dict[str, _Found | None] = {}
     for klass in reversed(saga_class.__mro__):
         seen_here: set[tuple[str, bool]] = set()
         for attr, value in vars(klass).items():
             spec = getattr(value, _MARKER, None)
             if not isinstance(spec, StepSpec):
                 continue
+            target = compensations if spec.compensation else actions
             if getattr(saga_class, attr) is not value:
-                continue  # overridden further down the hierarchy
+                # Overridden further down: the step keeps this position, and takes its
+                # definition from the override (or disappears if that is no step).
+                target.setdefault(spec.name, None)
+                continue
             kind = "compensation" if spec.compensation else "action"
             if (spec.name, spec.compensation) in seen_here:
                 raise SagaDefinitionError(
@@ -195,10 +199,12 @@ def _collect_steps(
                 )
             seen_here.add((spec.name, spec.compensation))
             _check_signature(class_name, attr, value, spec)
-            target = compensations if spec.compensation else actions
             # Assigning an existing key keeps its position: a redefined step stays in place.
             target[spec.name] = (value, spec)
-    return actions, compensations
+    return (
+        {name: found for name, found in actions.items() if found is not None},
+        {name: found for name, found in compensations.items() if found is not None},
+    )
 
 
 def _check_signature(class_name: str, attr: str, func: object, spec: StepSpec) -> None:
