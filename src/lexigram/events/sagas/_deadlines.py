@@ -37,7 +37,10 @@ class DeadlineTimer:
 
     def add(self, loop: asyncio.AbstractEventLoop, delay: float, run: _Stoppable) -> None:
         """Stop ``run`` ``delay`` seconds from now unless it finished by then."""
-        when = loop.time() + max(delay, 0.0)
+        if delay <= 0:  # already past (a saga resumed after its deadline): stop at once
+            run.stop(self._reason, self._message)
+            return
+        when = loop.time() + delay
         heapq.heappush(self._heap, (when, next(self._order), run))
         if self._handle is None or when < self._handle_when:
             self._schedule(loop, when)

@@ -378,7 +378,9 @@ class Engine:
             raise
         except _StepTimeoutError as exc:
             return False, {}, str(exc), True
-        except TimeoutError:
+        except TimeoutError as exc:
+            if timeout is None:  # the step's own TimeoutError: a transient failure
+                return False, {}, describe_error(exc), True
             error = f"SagaTimeoutError: step '{name}' attempt timed out after {timeout:g}s"
             return False, {}, error, True
         except Exception as exc:

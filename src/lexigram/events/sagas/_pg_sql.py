@@ -255,8 +255,8 @@ class Statements:
                 FROM {t}
                 WHERE saga_name = ANY($1::text[]) AND status IN {_LIVE} AND {only}
                     AND (lease_owner IS NULL OR lease_expires_at IS NULL
-                        OR lease_expires_at <= now()
-                        OR (lease_owner = $2 AND lease_id IS DISTINCT FROM $3))
+                        OR lease_expires_at <= now() OR lease_owner = $2)
+                    AND lease_id IS DISTINCT FROM $3
                 ORDER BY created_at, saga_id
                 LIMIT $5
                 FOR UPDATE SKIP LOCKED)

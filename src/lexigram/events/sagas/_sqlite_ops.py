@@ -198,7 +198,9 @@ class Statements:
                 + ("AND saga_id = ? " if one else "")
                 + f"AND saga_name IN ({marks}) AND (lease_owner IS NULL "
                 "OR lease_expires_at_us IS NULL OR lease_expires_at_us <= ? "
-                "OR (lease_owner = ? AND lease_id IS NOT ?)) "
+                "OR lease_owner = ?) "
+                # Never this very worker's own lease: its runs renew it, even when late.
+                "AND lease_id IS NOT ? "
                 "ORDER BY created_at_us, saga_id LIMIT ?"
             )
             self._claims[key] = sql

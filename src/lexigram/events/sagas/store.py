@@ -56,9 +56,10 @@ class SagaStore(Protocol):
       nothing until saved. ``save`` does not keep a reference to its argument.
     - **JSON only**: records are stored as JSON; a value that cannot be stored raises
       ``SagaDataError`` naming its key, before anything is written.
-    - **Leases**: a saga is claimable when it is not terminal and has no owner, its lease
-      expired (by the store's clock where it has one), or it is owned by the same worker
-      name under another ``lease_id`` (an earlier incarnation of a restarted worker).
+    - **Leases**: a saga is claimable when it is not terminal, not held under the
+      claimer's own ``lease_id``, and has no owner, its lease expired (by the store's
+      clock where it has one), or it is owned by the same worker name under another
+      ``lease_id`` (an earlier incarnation of a restarted worker).
     - **Errors**: a store that cannot be reached raises ``SagaStoreUnavailableError``; a row
       that cannot be read raises ``CorruptRecordError`` naming the saga.
     """
@@ -137,8 +138,14 @@ def is_claimable(
     claimer_lease_id: str,
     now: datetime,
 ) -> bool:
-    """The claim rule of the store contract, as a pure function (for stores and tests)."""
-    if status in TERMINAL_SAGA_STATUSES:
+    """The claim rule of the store contract, as a pure function (for stores and tests).
+
+    Claimable: not terminal, not held under the claimer's own ``lease_id`` (a worker never
+    takes over its own running sagas, even when their lease ran late), and either free,
+    expired, or held by the claimer's name under another ``lease_id`` (an earlier
+    incarnation of a restarted worker).
+    """
+    if status in TERMINAL_SAGA_STATUSES or lease_id == claimer_lease_id:
         return False
     if lease_owner is None:
         return True
