@@ -121,15 +121,12 @@ def describe(record: SagaRecord) -> str:
     lines = [f"saga {record.saga_id[:8]} ({record.data['order_id']}): {record.status}"]
     if record.error:
         lines.append(f"  why: {record.error}")
-    lines.extend(
-        f"  {name:<18} {step.status}" for name, step in record.steps.items()
-    )
+    lines.extend(f"  {name:<18} {step.status}" for name, step in record.steps.items())
     return "\n".join(lines)
 
 
 async def main(directory: Path) -> list[SagaRecord]:
     """Run the two orders and return their final records."""
-    directory.mkdir(parents=True, exist_ok=True)
     store = SQLiteSagaStore(directory / "orders.db")
     try:
         async with SagaManager(store) as manager:
@@ -156,4 +153,6 @@ async def main(directory: Path) -> list[SagaRecord]:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(Path(os.environ.get("LEXIGRAM_EXAMPLE_DIR", "demo-data"))))
+    data_dir = Path(os.environ.get("LEXIGRAM_EXAMPLE_DIR", "demo-data"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    asyncio.run(main(data_dir))

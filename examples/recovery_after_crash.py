@@ -61,7 +61,7 @@ class ShipmentSaga(SagaBase):
 
     @saga_step("ship")
     async def ship(self, ctx: SagaContext) -> dict[str, str]:
-        global shipping_started  # noqa: PLW0603 - a demo counter
+        global shipping_started
         note(f"ship {ctx['order_id']} (idempotency key {ctx.idempotency_key})")
         if os.environ.get("RECOVERY_DEMO_PHASE") == "doomed":
             shipping_started += 1
@@ -95,7 +95,8 @@ async def restarted_worker() -> list[SagaRecord]:
             before = await manager.list(saga_name="shipment")
             for record in sorted(before, key=lambda r: r.saga_id):
                 steps = ", ".join(f"{name}={step.status}" for name, step in record.steps.items())
-                print(f"after the crash: {record.saga_id} is {record.status} ({steps or 'no step done'})")
+                done = steps or "no step done"
+                print(f"after the crash: {record.saga_id} is {record.status} ({done})")
             resumed = await manager.recover()
             print(f"recover() resumed {resumed} saga(s)")
             return [await manager.wait(f"shipment-{order_id}", timeout=30) for order_id in ORDERS]
