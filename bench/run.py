@@ -1,0 +1,372 @@
+"""Run the benchmarks: lexigram-events side by side with DBOS, sagaz and hand-written code.
+
+``make bench`` runs this file with the project's virtualenv. It:
+
+1. creates ``bench/.venv-peers`` (a separate virtualenv, git-ignored) and installs into it
+   the peers from PyPI (``bench/requirements-peers.txt``) and this project, editable.
+   The project's own dependencies never change;
+2. describes the machine (``bench/machine.py``) and checks that PostgreSQL answers (its
+   cases are skipped, with a note, when it does not);
+3. runs every case in rounds: each (system, case) is one process of the peers'
+   virtualenv printing one JSON line; within a round the systems of a case run one after
+   the other, in an order rotated every round (A,B,C then B,C,A ...);
+4. saves every raw result in ``bench/results/latest.json``, then writes
+   ``docs/benchmarks.md`` and ``docs/benchmarks-throughput.png`` from it (``bench/report.py``,
+   medians over the rounds and the ratio of lexigram to each peer).
+
+Options (``make bench BENCH_ARGS="--quick"``): ``--quick`` (shorter batches, fewer
+levels, 2,000 sagas for recovery and memory: a few minutes), ``--rounds``, ``--seconds``,
+``--only sqlite,recovery`` (cases whose key contains one of the words; such a partial
+run writes ``latest-partial.json`` and leaves the docs alone), ``--profile`` (also
+profile lexigram's in-memory and SQLite paths), ``--pg-dsn`` (or ``BENCH_PG_DSN``).
+Everything but the final docs lives under ``bench/results/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PEERS_VENV = BENCH / ".venv-peers"
+REQUIREMENTS = BENCH / "requirements-peers.txt"
+RESULTS = BENCH / "results"
+DOCS = ROOT / "docs" / "benchmarks.md"
+PLOT = ROOT / "docs" / "benchmarks-throughput.png"
+DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+MODULES = {
+    "handwritten": "bench.systems.handwritten_bench",
+    "lexigram": "bench.systems.lexigram_bench",
+    "sagaz": "bench.systems.sagaz_bench",
+    "dbos": "bench.systems.dbos_bench",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """One workload on one store at one level of concurrency, run by several systems."""
+
+    workload: str
+    store: str
+    inflight: int
+    systems: tuple[str, ...]
+    n: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.workload}/{self.store}/{self.inflight}"
+
+
+def build_cases(*, quick: bool, memory_n: int, recovery_n: int) -> list[Case]:
+    levels = [1, 50, 100] if quick else [1, 10, 50, 100]
+    pg_levels = sorted({*levels, 64})
+    in_memory = ("handwritten", "lexigram", "sagaz")
+    durable = ("lexigram", "dbos")
+    cases: list[Case] = []
+    cases += [Case("run", "memory", k, in_memory) for k in levels]
+    cases.append(Case("compensate", "memory", 1, in_memory))
+    cases += [Case("run", "sqlite", k, durable) for k in levels]
+    cases.append(Case("compensate", "sqlite", 1, durable))
+    cases += [Case("run", "postgres", k, durable) for k in pg_levels]
+    cases.append(Case("compensate", "postgres", 1, durable))
+    cases.append(Case("memory", "memory", 1, in_memory, memory_n))
+    cases.append(Case("memory", "sqlite", 1, ("lexigram",), memory_n))
+    # DBOS starts ~150 workflows a second here: fewer suspended sagas keep its case short.
+    cases.append(Case("memory", "sqlite", 1, ("dbos",), max(memory_n // 10, 200)))
+    cases.append(Case("recovery", "sqlite", recovery_n, ("lexigram",), recovery_n))
+    cases.append(Case("recovery", "postgres", recovery_n, ("lexigram",), recovery_n))
+    return cases
+
+
+# ---------------------------------------------------------------------- the peers' virtualenv
+
+
+def _fingerprint() -> str:
+    digest = hashlib.sha256()
+    for path in (REQUIREMENTS, ROOT / "pyproject.toml"):
+        digest.update(path.read_bytes())
+    digest.update(sys.version.encode())
+    return digest.hexdigest()
+
+
+def ensure_peers_venv(*, skip_install: bool) -> Path:
+    """Create ``bench/.venv-peers`` and install the peers and the project; return its python."""
+    python = PEERS_VENV / "bin" / "python"
+    stamp = PEERS_VENV / ".installed"
+    if python.exists() and (
+        skip_install or (stamp.exists() and stamp.read_text() == _fingerprint())
+    ):
+        return python
+    if not python.exists():
+        print(f"creating {PEERS_VENV.relative_to(ROOT)} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(PEERS_VENV)], check=True)
+    print("installing the peers (bench/requirements-peers.txt) and the project ...", flush=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, "-r", str(REQUIREMENTS), "-e", str(ROOT)], check=True)
+    stamp.write_text(_fingerprint())
+    return python
+
+
+# ---------------------------------------------------------------------- running cases
+
+
+def _last_exception(output: str) -> str:
+    """The last ``SomeError: message`` line of a traceback (else the last line)."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        name = line.split(":", 1)[0]
+        if (
+            ":" in line
+            and name.replace(".", "").replace("_", "").isalnum()
+            and (name.endswith(("Error", "Exception", "Exit", "Interrupt", "Failure")))
+        ):
+            return line
+    return lines[-1] if lines else "no output"
+
+
+def run_process(command: list[str], timeout: float, log: Path) -> dict[str, Any]:
+    """Run one benchmark process; return its JSON line, or an ``error`` entry.
+
+    A failed process's whole output is kept in ``log``; the entry quotes its last lines.
+    """
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f}s"}
+    wall = time.perf_counter() - started
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"$ {shlex.join(command)}\n\n{done.stdout}\n{done.stderr}")
+        return {
+            "error": f"exit {done.returncode}: {_last_exception(done.stderr or done.stdout)}",
+            "log": str(log.relative_to(ROOT)),
+        }
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["process_seconds"] = wall
+    return result
+
+
+def case_command(python: Path, system: str, case: Case, args: argparse.Namespace) -> list[str]:
+    common = ["--workdir", str(RESULTS / "work"), "--pg-dsn", args.pg_dsn]
+    if case.workload == "recovery":
+        return [
+            str(python),
+            "-m",
+            "bench.systems.lexigram_recovery",
+            "--store",
+            case.store,
+            "--n",
+            str(case.n),
+            *common,
+        ]
+    return [
+        str(python),
+        "-m",
+        MODULES[system],
+        "--workload",
+        case.workload,
+        "--store",
+        case.store,
+        "--inflight",
+        str(case.inflight),
+        "--n",
+        str(case.n),
+        "--seconds",
+        str(args.seconds),
+        "--journal-mode",
+        args.journal_mode,
+        "--synchronous",
+        args.synchronous,
+        *common,
+    ]
+
+
+def summary(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return "ERROR " + str(result["error"])[:300]
+    if "unavailable" in result:
+        return "not available: " + str(result["unavailable"])[:200]
+    if result.get("workload") == "memory":
+        traced, rss = result["bytes_per_saga"], result["rss_bytes_per_saga"]
+        return f"{traced:,.0f} B/saga traced, {rss:,.0f} B RSS"
+    if result.get("workload") == "recovery":
+        return (
+            f"fresh {result['fresh_seconds']:.2f}s, recovery {result['recovery_seconds']:.2f}s, "
+            f"ran twice {result['ran_twice']}"
+        )
+    wrong = f", {result['wrong']} WRONG" if result.get("wrong") else ""
+    return f"{result['sagas_per_s']:,.0f} sagas/s ({result['us_per_saga']:,.1f} us/saga){wrong}"
+
+
+def run_rounds(python: Path, cases: list[Case], args: argparse.Namespace) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    for round_no in range(args.rounds):
+        print(f"--- round {round_no + 1}/{args.rounds}", flush=True)
+        for case in cases:
+            shift = round_no % len(case.systems)
+            order = case.systems[shift:] + case.systems[:shift]
+            for system in order:
+                log = RESULTS / "errors" / f"{case.key.replace('/', '-')}-{system}-{round_no}.log"
+                result = run_process(case_command(python, system, case, args), args.timeout, log)
+                result.update(
+                    round=round_no,
+                    case=case.key,
+                    system=system,
+                    workload=case.workload,
+                    store=case.store,
+                    inflight=case.inflight,
+                )
+                results.append(result)
+                print(f"  {case.key:<22} {system:<12} {summary(result)}", flush=True)
+    return results
+
+
+# ---------------------------------------------------------------------- main
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a shorter run (a few minutes)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=None, help="length of one timed batch")
+    parser.add_argument("--recovery-n", type=int, default=None)
+    parser.add_argument("--memory-n", type=int, default=None)
+    parser.add_argument("--only", default="", help="comma-separated words matched in case keys")
+    parser.add_argument("--systems", default="", help="comma-separated systems to run")
+    parser.add_argument("--journal-mode", default="WAL", help="SQLite journal_mode (both)")
+    parser.add_argument("--synchronous", default="FULL", help="SQLite synchronous (both)")
+    parser.add_argument("--pg-dsn", default=os.environ.get("BENCH_PG_DSN", DEFAULT_PG_DSN))
+    parser.add_argument("--timeout", type=float, default=900.0, help="per process, seconds")
+    parser.add_argument("--profile", action="store_true", help="also profile lexigram")
+    parser.add_argument("--profile-only", action="store_true", help="only profile lexigram")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/")
+    parser.add_argument("--skip-install", action="store_true", help="reuse the peers' venv as is")
+    args = parser.parse_args()
+    if args.seconds is None:
+        args.seconds = 0.4 if args.quick else 1.0
+    if args.recovery_n is None:
+        args.recovery_n = 2_000 if args.quick else 10_000
+    if args.memory_n is None:
+        args.memory_n = 2_000 if args.quick else 10_000
+    return args
+
+
+def select(cases: list[Case], args: argparse.Namespace) -> list[Case]:
+    words = [w for w in args.only.split(",") if w]
+    systems = {s for s in args.systems.split(",") if s}
+    chosen = []
+    for case in cases:
+        if words and not any(word in case.key for word in words):
+            continue
+        names = tuple(s for s in case.systems if not systems or s in systems)
+        if names:
+            chosen.append(Case(case.workload, case.store, case.inflight, names, case.n))
+    return chosen
+
+
+def main() -> None:
+    args = parse_args()
+    started = time.time()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for old_log in (RESULTS / "errors").glob("*.log"):
+        old_log.unlink()
+    python = ensure_peers_venv(skip_install=args.skip_install)
+    machine_run = subprocess.run(
+        [str(python), "-m", "bench.machine", "--pg-dsn", args.pg_dsn],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    machine = json.loads(machine_run.stdout)
+    print(
+        f"machine: {machine['nproc']} cores, Python {machine['python']}, "
+        f"SQLite {machine['sqlite']}, PostgreSQL "
+        f"{machine['postgres'].get('server_version') or 'not reachable'}",
+        flush=True,
+    )
+    cases = select(
+        build_cases(quick=args.quick, memory_n=args.memory_n, recovery_n=args.recovery_n), args
+    )
+    skipped: list[dict[str, str]] = []
+    if not machine["postgres"]["available"]:
+        reason = machine["postgres"]["reason"]
+        skipped += [
+            {"case": c.key, "reason": f"PostgreSQL not reachable ({reason})"}
+            for c in cases
+            if c.store == "postgres"
+        ]
+        cases = [c for c in cases if c.store != "postgres"]
+        print(f"PostgreSQL cases skipped: {reason}", flush=True)
+
+    results = [] if args.profile_only else run_rounds(python, cases, args)
+    profile: dict[str, Any] | None = None
+    if args.profile or args.profile_only:
+        print("--- profiling lexigram", flush=True)
+        done = subprocess.run(
+            [str(python), "-m", "bench.profiling", "--out", str(RESULTS)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode == 0:
+            profile = json.loads(done.stdout.strip().splitlines()[-1])
+        else:
+            print("profiling failed:", done.stderr[-2000:], flush=True)
+    command_args = shlex.join(sys.argv[1:])
+    report = {
+        "machine": machine,
+        "command": "make bench" + (f' BENCH_ARGS="{command_args}"' if command_args else ""),
+        "direct_command": f".venv/bin/python bench/run.py {command_args}".strip(),
+        "options": {
+            "rounds": args.rounds,
+            "seconds": args.seconds,
+            "quick": args.quick,
+            "journal_mode": args.journal_mode,
+            "synchronous": args.synchronous,
+            "recovery_n": args.recovery_n,
+            "memory_n": args.memory_n,
+        },
+        "results": results,
+        "skipped": skipped,
+        "profile": profile,
+        "duration_seconds": time.time() - started,
+        "load_average_at_end": os.getloadavg()[0],
+    }
+    # A partial run (--only, --systems, --profile-only) never replaces the last full results
+    # nor the docs made from them.
+    partial = bool(args.only or args.systems or args.profile_only)
+    latest = RESULTS / ("latest-partial.json" if partial else "latest.json")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for path in (RESULTS / f"results-{stamp}.json", latest):
+        path.write_text(json.dumps(report, indent=1, sort_keys=True))
+    report_cmd = [str(python), "-m", "bench.report", str(latest)]
+    if not (args.no_docs or partial):
+        report_cmd += ["--docs", str(DOCS), "--png", str(PLOT)]
+    subprocess.run(report_cmd, cwd=ROOT, check=True)
+    print(
+        f"done in {report['duration_seconds'] / 60:.1f} min; raw results in "
+        f"{latest.relative_to(ROOT)}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
