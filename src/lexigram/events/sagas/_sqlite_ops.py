@@ -409,3 +409,7 @@ def release(
 ) -> bool:
     """Drop this worker's lease on a saga; return whether it held it."""
     return conn.execute(sql.release, (saga_id, owner, lease_id)).rowcount == 1
+
+
+SINGLE_STATEMENT: frozenset[Callable[..., Any]] = frozenset({save, delete, release})
+"""Writes made of one data-changing statement, which SQLite undoes by itself on failure."""

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Final
 
+from lexigram.events.sagas._sqlite_ops import SINGLE_STATEMENT
 from lexigram.events.sagas.errors import SagaError, SagaStoreError, SagaStoreUnavailableError
 
 __all__ = ["Operation", "SQLiteWorker", "map_error"]
@@ -213,20 +214,32 @@ class SQLiteWorker:
         done: list[tuple[asyncio.Future[Any], Any]] = []
         execute = conn.execute
         position = 0  # writes before it have an outcome in `failed` or `done`
+        # A lone write needs no savepoint: if it fails, rolling the transaction back undoes
+        # exactly it. Nor does a write of one statement: SQLite undoes a failed statement on
+        # its own and leaves the transaction open. Savepoints (two statements each, and two
+        # trips through the GIL) are kept for the writes of several statements (claims).
+        alone = len(writes) == 1
         try:
             execute("BEGIN IMMEDIATE")
             for fn, args, _, future in writes:
-                execute("SAVEPOINT op")
+                guarded = not alone and fn not in SINGLE_STATEMENT
+                if guarded:
+                    execute("SAVEPOINT op")
                 try:
                     value = fn(conn, *args)
                 except Exception as exc:
                     if not conn.in_transaction:
                         raise  # SQLite rolled the whole transaction back: fail the batch
-                    execute("ROLLBACK TO op")
-                    execute("RELEASE op")
+                    if alone:
+                        execute("ROLLBACK")
+                        return [(future, map_error(exc, "writing"), None)]
+                    if guarded:
+                        execute("ROLLBACK TO op")
+                        execute("RELEASE op")
                     failed.append((future, map_error(exc, "writing"), None))
                 else:
-                    execute("RELEASE op")
+                    if guarded:
+                        execute("RELEASE op")
                     done.append((future, value))
                 position += 1
             execute("COMMIT")
