@@ -121,7 +121,32 @@ class Engine:
         release = False
         try:
             run.instance = run.flow.make_instance()
-            await self._drive(run)
+            # Driving the run is written out here rather than in a helper coroutine: a
+            # suspended saga keeps one frame less alive (memory per saga in flight).
+            poisoned = record.recovery_attempts > self.config.max_recovery_attempts
+            if record.status is SagaStatus.COMPENSATING:
+                await self._compensate(run, poisoned=poisoned)
+                return
+            if record.status is SagaStatus.PENDING:
+                record.status = SagaStatus.RUNNING
+                if self.bus is not None:
+                    await self._publish(run, ev.SagaStarted)
+            error: str | None
+            try:
+                if poisoned:
+                    error = self._poison_message(record)
+                    self._fail_in_flight(run, error)
+                    error = f"step '{record.current_step}' failed: {error}"
+                else:
+                    error = await self._forward(run)
+                    if error is None:
+                        return
+            except Interrupted as stop:
+                if stop.reason in HARD_STOPS:
+                    raise
+                error = self._stop_error(run)
+                self._fail_in_flight(run, error)
+            await self._begin_compensation(run, error)
         except Interrupted as stop:
             logger.info("saga %s stopped (%s); it stays resumable", record.saga_id, stop.reason)
             release = stop.reason != LEASE_LOST
@@ -150,37 +175,11 @@ class Engine:
 
     # ------------------------------------------------------------------ driving a run
 
-    async def _drive(self, run: SagaRun) -> None:
-        record = run.record
-        poisoned = record.recovery_attempts > self.config.max_recovery_attempts
-        if record.status is SagaStatus.COMPENSATING:
-            await self._compensate(run, poisoned=poisoned)
-            return
-        if record.status is SagaStatus.PENDING:
-            record.status = SagaStatus.RUNNING
-            if self.bus is not None:
-                await self._publish(run, ev.SagaStarted)
-        error: str | None
-        try:
-            if poisoned:
-                error = self._poison_message()
-                self._fail_in_flight(run, error)
-                error = f"step '{record.current_step}' failed: {error}"
-            else:
-                error = await self._forward(run)
-                if error is None:
-                    return
-        except Interrupted as stop:
-            if stop.reason in HARD_STOPS:
-                raise
-            error = self._stop_error(run)
-            self._fail_in_flight(run, error)
-        await self._begin_compensation(run, error)
-
-    def _poison_message(self) -> str:
+    @staticmethod
+    def _poison_message(record: SagaRecord) -> str:
         return (
             "the saga kept crashing its worker: taken over "
-            f"{self.config.max_recovery_attempts + 1} times without progress"
+            f"{record.recovery_attempts} times without progress"
         )
 
     def _stop_error(self, run: SagaRun) -> str:
@@ -513,7 +512,7 @@ class Engine:
         for index, step in enumerate(todo):
             if poisoned and index == 0:
                 step.status = _FAILED
-                step.compensation_error = self._poison_message()
+                step.compensation_error = self._poison_message(record)
             else:
                 await self._run_compensation(run, run.flow.steps[step.step_name], step)
             last = index + 1 == len(todo)

@@ -25,6 +25,7 @@ DEADLINE: Final = "deadline"
 SHUTDOWN: Final = "shutdown"
 LEASE_LOST: Final = "lease_lost"
 HARD_STOPS: Final = frozenset({SHUTDOWN, LEASE_LOST})
+_NONE: frozenset[Any] = frozenset()
 
 
 class Interrupted(Exception):  # noqa: N818 - a control-flow signal, not an error
@@ -69,7 +70,7 @@ class SagaRun:
         # Tasks awaiting user code now -> whether a cancel/deadline may interrupt them.
         self.in_user_code: dict[asyncio.Task[Any], bool] = {}
         # Tasks this run cancelled and that have not absorbed the cancellation yet.
-        self.cancelled_tasks: set[asyncio.Task[Any]] = set()
+        self.cancelled_tasks: set[asyncio.Task[Any]] | frozenset[asyncio.Task[Any]] = _NONE
         self._save_lock: asyncio.Lock | None = None
         self.seq = 1 + max(
             (s.completion_seq for s in record.steps.values() if s.completion_seq is not None),
@@ -119,6 +120,8 @@ class SagaRun:
         hard = reason in HARD_STOPS
         for task, forward in self.in_user_code.items():
             if (forward or hard) and task not in self.cancelled_tasks:
+                if not isinstance(self.cancelled_tasks, set):
+                    self.cancelled_tasks = set()  # most runs are never stopped: no set
                 self.cancelled_tasks.add(task)
                 task.cancel()
 
@@ -129,9 +132,10 @@ class SagaRun:
         the caller raises ``Interrupted``; otherwise the caller re-raises the error, since
         someone else is cancelling the task.
         """
-        if task not in self.cancelled_tasks:
+        cancelled = self.cancelled_tasks
+        if task not in cancelled or not isinstance(cancelled, set):
             return False
-        self.cancelled_tasks.discard(task)
+        cancelled.discard(task)
         return task.uncancel() == 0
 
     async def absorb_late_cancel(self, task: asyncio.Task[Any]) -> None:
@@ -140,7 +144,8 @@ class SagaRun:
         The user code's result stands and the next checkpoint sees the stop reason; the
         pending cancellation must not hit the engine's next write instead.
         """
-        self.cancelled_tasks.discard(task)
+        if isinstance(self.cancelled_tasks, set):
+            self.cancelled_tasks.discard(task)
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(0)
         if task.uncancel() > 0:
