@@ -98,17 +98,27 @@ class Engine:
     # ------------------------------------------------------------------ launching
 
     def launch(
-        self, record: SagaRecord, flow: Flow, *, stop: tuple[str, str] | None = None
+        self,
+        record: SagaRecord,
+        flow: Flow,
+        *,
+        stop: tuple[str, str] | None = None,
+        deadline_in: float | None = None,
     ) -> SagaRun:
-        """Start running ``record`` (already stored and leased to this worker) in a task."""
+        """Start running ``record`` (already stored and leased to this worker) in a task.
+
+        ``deadline_in`` spares reading the clock when the caller knows how far away the
+        saga's deadline is (a saga just started).
+        """
         loop = asyncio.get_running_loop()
         run = SagaRun(record, flow)
         if stop is not None:
             run.stop(*stop)
         self.runs[record.saga_id] = run
         if record.deadline_at is not None:
-            delay = (record.deadline_at - self.clock()).total_seconds()
-            self._deadlines.add(loop, delay, run)
+            if deadline_in is None:
+                deadline_in = (record.deadline_at - self.clock()).total_seconds()
+            self._deadlines.add(loop, deadline_in, run)
         run.task = loop.create_task(self._run(run), name=f"saga:{record.saga_id}")
         if self._heartbeat is None or self._heartbeat.done():
             self._heartbeat = loop.create_task(self._beat(), name="saga-heartbeat")

@@ -136,6 +136,8 @@ class SagaRuntime:
         self._bus = event_bus
         self._clock = clock
         self._registry = _Registry()
+        self._timeout_delta = timedelta(seconds=self._config.default_timeout_seconds)
+        self._lease_delta = timedelta(seconds=self._config.lease_seconds)
         self._subscriptions: list[_Subscription] = []
         self._starting: set[str] = set()  # ids whose start() is storing them right now
         self._closed = False
@@ -243,11 +245,11 @@ class SagaRuntime:
             created_at=now,
             updated_at=now,
             metadata={"correlation_id": correlation_id or saga_id},
-            deadline_at=now + timedelta(seconds=self._config.default_timeout_seconds),
+            deadline_at=now + self._timeout_delta,
             current_step=flow.entry,
             lease_owner=self._engine.worker_id,
             lease_id=self._engine.lease_id,
-            lease_expires_at=now + timedelta(seconds=self._config.lease_seconds),
+            lease_expires_at=now + self._lease_delta,
         )
         self._starting.add(saga_id)
         try:
@@ -257,7 +259,7 @@ class SagaRuntime:
             return saga_id
         finally:
             self._starting.discard(saga_id)
-        self._engine.launch(record, flow)
+        self._engine.launch(record, flow, deadline_in=self._config.default_timeout_seconds)
         return saga_id
 
     async def _adopt(self, saga_id: str) -> None:
