@@ -11,7 +11,7 @@ from lexigram.events._result import Err, Ok, Result
 
 __all__ = ["EventBusProtocol", "EventHandler", "InMemoryEventBus"]
 
-logger = logging.getLogger("lexigram.events")
+logger = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=DomainEvent)
 EventHandler = Callable[[Any], Awaitable[None]]

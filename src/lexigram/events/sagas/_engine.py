@@ -62,7 +62,7 @@ from lexigram.events.sagas.types import (
 
 __all__ = ["CANCEL", "DEADLINE", "LEASE_LOST", "SHUTDOWN", "Engine", "SagaRun"]
 
-logger = logging.getLogger("lexigram.events.sagas")
+logger = logging.getLogger(__name__)
 
 _RUNNING = SagaStepStatus.RUNNING
 _COMPLETED = SagaStepStatus.COMPLETED

@@ -25,7 +25,7 @@ __all__ = ["RecordWriter"]
 
 _NOTHING_REJECTED: list[str] = []  # shared and never mutated: callers only test it
 
-logger = logging.getLogger("lexigram.events.sagas")
+logger = logging.getLogger(__name__)
 
 
 class RecordWriter:

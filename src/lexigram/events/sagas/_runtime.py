@@ -42,7 +42,7 @@ from lexigram.events.sagas.types import SagaRecord, SagaStatus
 
 __all__ = ["MAX_SAGA_ID_LENGTH", "RecoveryProblem", "SagaRuntime"]
 
-logger = logging.getLogger("lexigram.events.sagas")
+logger = logging.getLogger(__name__)
 
 MAX_SAGA_ID_LENGTH = 200
 """Longest ``saga_id`` accepted by ``start()``."""

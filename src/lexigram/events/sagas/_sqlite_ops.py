@@ -47,7 +47,7 @@ __all__ = [
     "to_us",
 ]
 
-logger = logging.getLogger("lexigram.events.sagas")
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION: Final = 1
 """Version of the table layout below; stored in the ``<table>_meta`` table."""

@@ -18,7 +18,7 @@ from lexigram.events.sagas.errors import SagaStoreError, SchemaVersionError
 
 __all__ = ["SchemaVersionError", "connect"]
 
-logger = logging.getLogger("lexigram.events.sagas")
+logger = logging.getLogger(__name__)
 
 _IN_MEMORY: Final = ("", ":memory:")
 

@@ -29,7 +29,7 @@ from lexigram.events.sagas.errors import SagaError, SagaStoreError, SagaStoreUna
 
 __all__ = ["Operation", "SQLiteWorker", "map_error"]
 
-logger = logging.getLogger("lexigram.events.sagas")
+logger = logging.getLogger(__name__)
 
 Operation = Callable[..., Any]
 """``fn(connection, *args) -> result``, run on the worker thread."""

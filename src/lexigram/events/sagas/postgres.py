@@ -68,7 +68,7 @@ from lexigram.events.sagas.types import SagaRecord, SagaStatus
 
 __all__ = ["PostgresSagaStore"]
 
-logger = logging.getLogger("lexigram.events.sagas")
+logger = logging.getLogger(__name__)
 
 _MAX_TABLE_NAME = 48  # leaves room for the "_completed_idx" suffix within 63 characters
 _CONFLICT_RETRIES = 5

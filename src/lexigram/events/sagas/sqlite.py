@@ -50,7 +50,7 @@ from lexigram.events.sagas.types import SagaRecord, SagaStatus
 
 __all__ = ["SQLiteSagaStore", "SchemaVersionError"]
 
-logger = logging.getLogger("lexigram.events.sagas")
+logger = logging.getLogger(__name__)
 
 _TABLE_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _SYNCHRONOUS: Final = ("OFF", "NORMAL", "FULL", "EXTRA")

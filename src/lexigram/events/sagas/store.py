@@ -28,7 +28,7 @@ from lexigram.events.sagas.types import (
     SagaStepRecord,
 )
 
-logger = logging.getLogger("lexigram.events.sagas")
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "InMemorySagaStore",
