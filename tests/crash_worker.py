@@ -45,7 +45,6 @@ import sys
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -61,6 +60,7 @@ from lexigram.events.sagas import (
     SagaStore,
     saga_step,
 )
+from lexigram.events.sagas.testing import StoreWrapper
 
 __all__ = [
     "LIVE_STATUSES",
@@ -217,7 +217,7 @@ class CrashSaga(SagaBase):
         await self._undo(ctx, 3)
 
 
-class InstrumentedStore:
+class InstrumentedStore(StoreWrapper):
     """Wraps a store: logs every write, and can SIGKILL the process after its N-th save.
 
     A save is logged only once the inner store returned (for the durable stores: once it
@@ -231,7 +231,7 @@ class InstrumentedStore:
         *,
         kill_after_save: int | None = None,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.log = log
         self.kill_after_save = kill_after_save
         self.saves = 0
@@ -244,7 +244,7 @@ class InstrumentedStore:
     async def save(self, record: SagaRecord) -> None:
         """Save through; log the write (or its rejection); maybe die right after it."""
         try:
-            await self.inner.save(record)
+            await super().save(record)
         except ConcurrencyConflictError:
             self._note("rejected", record.saga_id, v=record.version, status=record.status.value)
             raise
@@ -270,7 +270,7 @@ class InstrumentedStore:
         saga_id: str | None = None,
     ) -> builtins.list[SagaRecord]:
         """Claim through; log every saga taken."""
-        records = await self.inner.claim(
+        records = await super().claim(
             owner,
             lease_id,
             lease_seconds=lease_seconds,
@@ -291,45 +291,9 @@ class InstrumentedStore:
 
     async def release(self, saga_id: str, owner: str, lease_id: str) -> bool:
         """Release through; log it."""
-        held = await self.inner.release(saga_id, owner, lease_id)
+        held = await super().release(saga_id, owner, lease_id)
         self._note("release", saga_id, held=held)
         return held
-
-    async def load(self, saga_id: str) -> SagaRecord | None:
-        """Read through."""
-        return await self.inner.load(saga_id)
-
-    async def list_by_name(self, saga_name: str) -> builtins.list[SagaRecord]:
-        """Read through."""
-        return await self.inner.list_by_name(saga_name)
-
-    async def list(
-        self,
-        *,
-        saga_name: str | None = None,
-        status: SagaStatus | None = None,
-        limit: int = 100,
-    ) -> builtins.list[SagaRecord]:
-        """Read through."""
-        return await self.inner.list(saga_name=saga_name, status=status, limit=limit)
-
-    async def delete(self, saga_id: str) -> bool:
-        """Delete through."""
-        return await self.inner.delete(saga_id)
-
-    async def renew(
-        self, owner: str, lease_id: str, saga_ids: Sequence[str], *, lease_seconds: float
-    ) -> builtins.list[str]:
-        """Renew through (a renewal changes no version)."""
-        return await self.inner.renew(owner, lease_id, saga_ids, lease_seconds=lease_seconds)
-
-    async def delete_terminal(self, *, before: datetime, limit: int = 1000) -> int:
-        """Delete through."""
-        return await self.inner.delete_terminal(before=before, limit=limit)
-
-    async def close(self) -> None:
-        """Close the inner store."""
-        await self.inner.close()
 
 
 def open_store(kind: str, target: str, table: str) -> SagaStore:

@@ -20,6 +20,7 @@ from lexigram.events.sagas.context import SagaContext
 from lexigram.events.sagas.errors import SagaStoreUnavailableError
 from lexigram.events.sagas.manager import SagaManager
 from lexigram.events.sagas.store import InMemorySagaStore, SagaStore
+from lexigram.events.sagas.testing import StoreWrapper
 from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepRecord, SagaStepStatus
 
 WAIT = 5.0
@@ -213,7 +214,7 @@ class Fault:
     ambiguous: Collection[int] = ()
 
 
-class FaultStore:
+class FaultStore(StoreWrapper):
     """Wraps a store; numbers its writes (save, claim, release) and fails chosen ones.
 
     ``saves`` records ``(saga_id, version before, version after, status)`` of every save
@@ -221,7 +222,7 @@ class FaultStore:
     """
 
     def __init__(self, inner: SagaStore, fault: Fault | None = None) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.fault = fault or Fault()
         self.writes = 0
         self.saves: builtins.list[tuple[str, int, int, SagaStatus]] = []
@@ -262,7 +263,7 @@ class FaultStore:
         saga_id: str | None = None,
     ) -> builtins.list[SagaRecord]:
         number = self._before()
-        claimed = await self.inner.claim(
+        claimed = await super().claim(
             owner,
             lease_id,
             lease_seconds=lease_seconds,
@@ -278,35 +279,6 @@ class FaultStore:
         released = await self.inner.release(saga_id, owner, lease_id)
         self._after(number)
         return released
-
-    async def load(self, saga_id: str) -> SagaRecord | None:
-        return await self.inner.load(saga_id)
-
-    async def list_by_name(self, saga_name: str) -> builtins.list[SagaRecord]:
-        return await self.inner.list_by_name(saga_name)
-
-    async def list(
-        self,
-        *,
-        saga_name: str | None = None,
-        status: SagaStatus | None = None,
-        limit: int = 100,
-    ) -> builtins.list[SagaRecord]:
-        return await self.inner.list(saga_name=saga_name, status=status, limit=limit)
-
-    async def delete(self, saga_id: str) -> bool:
-        return await self.inner.delete(saga_id)
-
-    async def renew(
-        self, owner: str, lease_id: str, saga_ids: Sequence[str], *, lease_seconds: float
-    ) -> builtins.list[str]:
-        return await self.inner.renew(owner, lease_id, saga_ids, lease_seconds=lease_seconds)
-
-    async def delete_terminal(self, *, before: datetime, limit: int = 1000) -> int:
-        return await self.inner.delete_terminal(before=before, limit=limit)
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 class RaisingBus:

@@ -24,7 +24,7 @@ from lexigram.events.sagas.errors import SagaStoreUnavailableError
 from lexigram.events.sagas.store import SagaStore
 from lexigram.events.sagas.types import SagaRecord, SagaStatus
 
-__all__ = ["FaultyStore", "ManualClock", "SimulatedCrash"]
+__all__ = ["FaultyStore", "ManualClock", "SimulatedCrash", "StoreWrapper"]
 
 
 class SimulatedCrash(BaseException):
@@ -53,7 +53,82 @@ class ManualClock:
         self.now += timedelta(seconds=seconds)
 
 
-class FaultyStore:
+class StoreWrapper:
+    """A store that passes every call through to ``inner``.
+
+    Subclass it to observe or disturb some calls (as :class:`FaultyStore` does) and
+    inherit the rest.
+    """
+
+    def __init__(self, inner: SagaStore) -> None:
+        self.inner = inner
+
+    async def save(self, record: SagaRecord) -> None:
+        """Save through."""
+        await self.inner.save(record)
+
+    async def claim(
+        self,
+        owner: str,
+        lease_id: str,
+        *,
+        lease_seconds: float,
+        saga_names: Collection[str],
+        limit: int = 100,
+        saga_id: str | None = None,
+    ) -> builtins.list[SagaRecord]:
+        """Claim through."""
+        return await self.inner.claim(
+            owner,
+            lease_id,
+            lease_seconds=lease_seconds,
+            saga_names=saga_names,
+            limit=limit,
+            saga_id=saga_id,
+        )
+
+    async def release(self, saga_id: str, owner: str, lease_id: str) -> bool:
+        """Release through."""
+        return await self.inner.release(saga_id, owner, lease_id)
+
+    async def load(self, saga_id: str) -> SagaRecord | None:
+        """Read through."""
+        return await self.inner.load(saga_id)
+
+    async def list_by_name(self, saga_name: str) -> builtins.list[SagaRecord]:
+        """Read through."""
+        return await self.inner.list_by_name(saga_name)
+
+    async def list(
+        self,
+        *,
+        saga_name: str | None = None,
+        status: SagaStatus | None = None,
+        limit: int = 100,
+    ) -> builtins.list[SagaRecord]:
+        """Read through."""
+        return await self.inner.list(saga_name=saga_name, status=status, limit=limit)
+
+    async def delete(self, saga_id: str) -> bool:
+        """Delete through."""
+        return await self.inner.delete(saga_id)
+
+    async def renew(
+        self, owner: str, lease_id: str, saga_ids: Sequence[str], *, lease_seconds: float
+    ) -> builtins.list[str]:
+        """Renew through."""
+        return await self.inner.renew(owner, lease_id, saga_ids, lease_seconds=lease_seconds)
+
+    async def delete_terminal(self, *, before: datetime, limit: int = 1000) -> int:
+        """Delete through."""
+        return await self.inner.delete_terminal(before=before, limit=limit)
+
+    async def close(self) -> None:
+        """Close the inner store."""
+        await self.inner.close()
+
+
+class FaultyStore(StoreWrapper):
     """Wraps a store and fails chosen writes, to test crashes and outages.
 
     Writes (``save``, ``claim``, ``release``) are numbered from 1 in the order they are
@@ -77,7 +152,7 @@ class FaultyStore:
         unavailable_writes: Iterable[int] = (),
         ambiguous_writes: Iterable[int] = (),
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.crash_before_write = crash_before_write
         self.crash_after_write = crash_after_write
         self.unavailable_writes = set(unavailable_writes)
@@ -121,7 +196,7 @@ class FaultyStore:
     ) -> builtins.list[SagaRecord]:
         """Claim through the inner store, failing as configured."""
         number = self._before()
-        claimed = await self.inner.claim(
+        claimed = await super().claim(
             owner,
             lease_id,
             lease_seconds=lease_seconds,
@@ -138,39 +213,3 @@ class FaultyStore:
         released = await self.inner.release(saga_id, owner, lease_id)
         self._after(number)
         return released
-
-    async def load(self, saga_id: str) -> SagaRecord | None:
-        """Read through."""
-        return await self.inner.load(saga_id)
-
-    async def list_by_name(self, saga_name: str) -> builtins.list[SagaRecord]:
-        """Read through."""
-        return await self.inner.list_by_name(saga_name)
-
-    async def list(
-        self,
-        *,
-        saga_name: str | None = None,
-        status: SagaStatus | None = None,
-        limit: int = 100,
-    ) -> builtins.list[SagaRecord]:
-        """Read through."""
-        return await self.inner.list(saga_name=saga_name, status=status, limit=limit)
-
-    async def delete(self, saga_id: str) -> bool:
-        """Delete through."""
-        return await self.inner.delete(saga_id)
-
-    async def renew(
-        self, owner: str, lease_id: str, saga_ids: Sequence[str], *, lease_seconds: float
-    ) -> builtins.list[str]:
-        """Renew through (leases are not writes of saga progress)."""
-        return await self.inner.renew(owner, lease_id, saga_ids, lease_seconds=lease_seconds)
-
-    async def delete_terminal(self, *, before: datetime, limit: int = 1000) -> int:
-        """Delete through."""
-        return await self.inner.delete_terminal(before=before, limit=limit)
-
-    async def close(self) -> None:
-        """Close the inner store."""
-        await self.inner.close()
