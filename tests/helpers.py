@@ -17,10 +17,9 @@ from typing import Any
 from lexigram.events.sagas.base import SagaBase, saga_step
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import SagaContext
-from lexigram.events.sagas.errors import SagaStoreUnavailableError
 from lexigram.events.sagas.manager import SagaManager
 from lexigram.events.sagas.store import InMemorySagaStore, SagaStore
-from lexigram.events.sagas.testing import StoreWrapper
+from lexigram.events.sagas.testing import FaultyStore, SimulatedCrash
 from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepRecord, SagaStepStatus
 
 WAIT = 5.0
@@ -29,8 +28,8 @@ WAIT = 5.0
 Behaviour = Callable[[SagaContext], Awaitable[object]]
 
 
-class Crash(BaseException):
-    """Stands for the process dying: no ``except Exception`` handles it."""
+Crash = SimulatedCrash
+"""Stands for the process dying: no ``except Exception`` handles it."""
 
 
 # --------------------------------------------------------------------------- scripted sagas
@@ -214,71 +213,42 @@ class Fault:
     ambiguous: Collection[int] = ()
 
 
-class FaultStore(StoreWrapper):
-    """Wraps a store; numbers its writes (save, claim, release) and fails chosen ones.
+class FaultStore(FaultyStore):
+    """The library's ``FaultyStore``, configured by a ``Fault``, noting when it crashed.
 
-    ``saves`` records ``(saga_id, version before, version after, status)`` of every save
+    ``saves`` gives ``(saga_id, version before, version after, status)`` of every save
     that reached the inner store, so tests can check the version sequence.
     """
 
     def __init__(self, inner: SagaStore, fault: Fault | None = None) -> None:
-        super().__init__(inner)
         self.fault = fault or Fault()
-        self.writes = 0
-        self.saves: builtins.list[tuple[str, int, int, SagaStatus]] = []
+        super().__init__(
+            inner,
+            crash_before_write=self.fault.crash_before,
+            crash_after_write=self.fault.crash_after,
+            unavailable_writes=self.fault.unavailable,
+            ambiguous_writes=self.fault.ambiguous,
+        )
         self.crashed = asyncio.Event()
 
+    @property
+    def saves(self) -> builtins.list[tuple[str, int, int, SagaStatus]]:
+        """Every save that reached the inner store, oldest first."""
+        return [(saga_id, version - 1, version, status) for saga_id, version, status in self.saved]
+
     def _before(self) -> int:
-        self.writes += 1
-        number = self.writes
-        if number == self.fault.crash_before:
+        try:
+            return super()._before()
+        except Crash:
             self.crashed.set()
-            raise Crash(f"crash before write {number}")
-        if number in self.fault.unavailable:
-            raise SagaStoreUnavailableError(f"outage at write {number}")
-        return number
+            raise
 
     def _after(self, number: int) -> None:
-        if number in self.fault.ambiguous:
-            raise SagaStoreUnavailableError(f"reply lost after write {number}")
-        if number == self.fault.crash_after:
+        try:
+            super()._after(number)
+        except Crash:
             self.crashed.set()
-            raise Crash(f"crash after write {number}")
-
-    async def save(self, record: SagaRecord) -> None:
-        number = self._before()
-        before = record.version
-        await self.inner.save(record)
-        self.saves.append((record.saga_id, before, record.version, record.status))
-        self._after(number)
-
-    async def claim(
-        self,
-        owner: str,
-        lease_id: str,
-        *,
-        lease_seconds: float,
-        saga_names: Collection[str],
-        limit: int = 100,
-        saga_id: str | None = None,
-    ) -> builtins.list[SagaRecord]:
-        number = self._before()
-        claimed = await super().claim(
-            owner,
-            lease_id,
-            lease_seconds=lease_seconds,
-            saga_names=saga_names,
-            limit=limit,
-            saga_id=saga_id,
-        )
-        self._after(number)
-        return claimed
-
-    async def release(self, saga_id: str, owner: str, lease_id: str) -> bool:
-        number = self._before()
-        released = await self.inner.release(saga_id, owner, lease_id)
-        self._after(number)
-        return released
+            raise
 
 
 class RaisingBus:
