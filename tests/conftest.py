@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from tests.crash_support import Target, Workers, make_target
 
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.register_profile(
@@ -69,3 +73,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 __all__ = ["postgres_dsn", "postgres_reachable", "postgres_required"]
+
+
+# --------------------------------------------------------------------------- crash tests
+# Shared by tests/test_crash_recovery.py and tests/test_worker_races.py.
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
+    """A fresh SQLite file, or a fresh PostgreSQL table (dropped afterwards)."""
+    dsn = request.getfixturevalue("pg_dsn") if request.param == "postgres" else None
+    async with make_target(request.param, tmp_path, dsn) as made:
+        yield made
+
+
+@pytest.fixture
+async def workers(tmp_path: Path) -> AsyncIterator[Workers]:
+    """Worker processes sharing one side-effect log; none outlives the test."""
+    started = Workers(tmp_path / "side-effects.log")
+    try:
+        yield started
+    finally:
+        await started.close()

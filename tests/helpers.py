@@ -200,6 +200,23 @@ def crash_first(times: int = 1) -> Behaviour:
     return behave
 
 
+class StuckStep:
+    """A step that waits forever; notes when it starts and how often it is cancelled."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.cancellations = 0
+
+    async def __call__(self, ctx: SagaContext) -> object:
+        self.entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancellations += 1
+            raise
+        return None
+
+
 # --------------------------------------------------------------------------- fault injection
 
 

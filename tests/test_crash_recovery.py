@@ -18,7 +18,6 @@ Each case runs ``tests/crash_worker.py`` on a fresh SQLite file or PostgreSQL ta
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,6 @@ from tests.crash_support import (
     check_durable_before_start,
     check_writes,
     entries_of,
-    make_target,
     outcome,
     read_log,
     reference_run,
@@ -53,24 +51,6 @@ pytestmark = pytest.mark.slow
 DOOMED = "w-crash"
 RESCUER = "w-rescue"
 POISON_TEXT = "kept crashing its worker"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
-    """A fresh SQLite file, or a fresh PostgreSQL table (dropped afterwards)."""
-    dsn = request.getfixturevalue("pg_dsn") if request.param == "postgres" else None
-    async with make_target(request.param, tmp_path, dsn) as made:
-        yield made
-
-
-@pytest.fixture
-async def workers(tmp_path: Path) -> AsyncIterator[Workers]:
-    """Worker processes sharing one side-effect log; none outlives the test."""
-    started = Workers(tmp_path / "side-effects.log")
-    try:
-        yield started
-    finally:
-        await started.close()
 
 
 @dataclass(frozen=True)

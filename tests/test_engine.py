@@ -26,6 +26,7 @@ from tests.helpers import (
     Fault,
     FaultStore,
     Script,
+    StuckStep,
     Tuning,
     await_crash,
     blocking,
@@ -426,20 +427,10 @@ async def test_attempt_timeouts_exhaust_retries() -> None:
 async def test_deadline_cancels_the_running_step_and_compensates() -> None:
     """When the saga's deadline passes, the step is cancelled and the saga compensates."""
     script = Script()
-    cancelled = asyncio.Event()
-
-    async def stuck(ctx: SagaContext) -> object:
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return None
-
-    script.behaviours["b"] = stuck
+    stuck = script.behaviours["b"] = StuckStep()
     manager = manager_for(script, config=SagaConfig(default_timeout_seconds=0.05))
     record = await manager.execute("scripted", timeout=WAIT)
-    assert cancelled.is_set()
+    assert stuck.cancellations == 1
     assert record.status is P.COMPENSATED
     assert "timed out" in (record.error or "")
     assert record.steps["b"].status is T.FAILED
@@ -672,24 +663,12 @@ async def test_cancelled_error_raised_by_a_step_is_not_a_step_failure() -> None:
 async def test_step_sees_cancelled_error_when_cancelled() -> None:
     """``cancel()`` delivers CancelledError into the running step."""
     script = Script()
-    entered = asyncio.Event()
-    seen: list[str] = []
-
-    async def stuck(ctx: SagaContext) -> object:
-        entered.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            seen.append("cancelled")
-            raise
-        return None
-
-    script.behaviours["b"] = stuck
+    stuck = script.behaviours["b"] = StuckStep()
     manager = manager_for(script, config=FAST)
     saga_id = await manager.start("scripted")
-    await entered.wait()
+    await stuck.entered.wait()
     record = await manager.cancel(saga_id, reason="by test")
-    assert seen == ["cancelled"]
+    assert stuck.cancellations == 1
     assert record.steps["b"].status is T.FAILED
     assert "by test" in (record.steps["b"].error or "")
     await manager.close()

@@ -29,6 +29,7 @@ from tests.helpers import (
     Fault,
     FaultStore,
     Script,
+    StuckStep,
     Tuning,
     blocking,
     manager_for,
@@ -439,24 +440,12 @@ async def test_list_respects_limit() -> None:
 async def test_cancel_mid_step_compensates_with_the_reason() -> None:
     """``cancel`` stops the step, runs no later step, compensates, keeps the reason."""
     script = Script()
-    entered = asyncio.Event()
-    stopped: list[bool] = []
-
-    async def stuck(ctx: SagaContext) -> object:
-        entered.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            stopped.append(True)
-            raise
-        return None
-
-    script.behaviours["b"] = stuck
+    stuck = script.behaviours["b"] = StuckStep()
     manager = manager_for(script, config=FAST)
     saga_id = await manager.start("scripted")
-    await entered.wait()
+    await stuck.entered.wait()
     record = await manager.cancel(saga_id, reason="customer changed their mind")
-    assert stopped == [True]
+    assert stuck.cancellations == 1
     assert record.status is P.COMPENSATED
     assert "customer changed their mind" in (record.error or "")
     assert record.steps["b"].status is T.FAILED
@@ -809,26 +798,14 @@ async def test_close_stops_sagas_without_compensating() -> None:
     """After ``shutdown_timeout`` running sagas stop, stay RUNNING, leases released."""
     store = InMemorySagaStore()
     script = Script()
-    entered = asyncio.Event()
-    cancelled: list[bool] = []
-
-    async def stuck(ctx: SagaContext) -> object:
-        entered.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.append(True)
-            raise
-        return None
-
-    script.behaviours["b"] = stuck
+    stuck = script.behaviours["b"] = StuckStep()
     config = SagaConfig(retry_delay_seconds=0, shutdown_timeout=0.05)
     manager = manager_for(script, store=store, config=config)
     saga_id = await manager.start("scripted")
-    await entered.wait()
+    await stuck.entered.wait()
     await asyncio.wait_for(manager.close(), WAIT)
     record = await stored(store, saga_id)
-    assert cancelled == [True]
+    assert stuck.cancellations == 1
     assert record.status is P.RUNNING
     assert record.lease_owner is None
     assert record.step_statuses().get("b") is not T.FAILED

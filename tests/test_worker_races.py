@@ -15,7 +15,7 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,7 +33,6 @@ from tests.crash_support import (
     check_durable_before_start,
     check_writes,
     entries_of,
-    make_target,
     outcome,
     read_log,
     reference_run,
@@ -61,24 +60,6 @@ HANG_POINTS = [
     ("compensation:2", True),
     ("compensation:1", True),
 ]
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
-    """A fresh SQLite file, or a fresh PostgreSQL table (dropped afterwards)."""
-    dsn = request.getfixturevalue("pg_dsn") if request.param == "postgres" else None
-    async with make_target(request.param, tmp_path, dsn) as made:
-        yield made
-
-
-@pytest.fixture
-async def workers(tmp_path: Path) -> AsyncIterator[Workers]:
-    """Worker processes sharing one side-effect log; none outlives the test."""
-    started = Workers(tmp_path / "side-effects.log")
-    try:
-        yield started
-    finally:
-        await started.close()
 
 
 def saga_factory(probe: Probe) -> Callable[[], SagaBase]:
