@@ -22,6 +22,7 @@ from lexigram.events.sagas.errors import CorruptRecordError, SagaDataError
 from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepRecord, SagaStepStatus
 
 __all__ = [
+    "EPOCH",
     "FORMAT_VERSION",
     "check_data",
     "decode_record",
@@ -86,7 +87,8 @@ _dumps = dumps_json
 _loads = loads_json
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+"""The zero of stored times (and the sort key of a record without a creation time)."""
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -97,7 +99,7 @@ def format_time(value: datetime | None) -> int | None:
     and cost a fraction of ISO text to write, which matters because every step rewrites
     the record.
     """
-    return None if value is None else (value - _EPOCH) // _MICROSECOND
+    return None if value is None else (value - EPOCH) // _MICROSECOND
 
 
 def parse_time(value: object, field: str, saga_id: str | None = None) -> datetime | None:
@@ -106,7 +108,7 @@ def parse_time(value: object, field: str, saga_id: str | None = None) -> datetim
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         try:
-            return _EPOCH + timedelta(microseconds=value)
+            return EPOCH + timedelta(microseconds=value)
         except OverflowError:
             pass
     raise CorruptRecordError(

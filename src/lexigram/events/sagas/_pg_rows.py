@@ -9,16 +9,14 @@ store-managed columns (version, ``updated_at``, the lease, ``previous_owner``,
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from lexigram.events.sagas._codec import decode_record, encode_record
+from lexigram.events.sagas._codec import EPOCH, decode_record, encode_record
 from lexigram.events.sagas.errors import CorruptRecordError, SagaDataError
 from lexigram.events.sagas.types import SagaRecord
 
 __all__ = ["record_from_row", "save_arguments"]
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def record_from_row(row: Any) -> SagaRecord:
@@ -72,7 +70,7 @@ def save_arguments(record: SagaRecord) -> tuple[Any, ...]:
         record.version,
         record.saga_name,
         record.status.value,
-        record.created_at or _EPOCH,  # ordering columns are NOT NULL; the document keeps None
+        record.created_at or EPOCH,  # ordering columns are NOT NULL; the document keeps None
         record.updated_at,
         record.completed_at,
         record.lease_owner,

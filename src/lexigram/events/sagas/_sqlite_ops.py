@@ -26,7 +26,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from lexigram.events.sagas._codec import decode_record, encode_record
+from lexigram.events.sagas._codec import decode_record, encode_record, format_time, parse_time
 from lexigram.events.sagas.errors import ConcurrencyConflictError, CorruptRecordError
 from lexigram.events.sagas.types import TERMINAL_SAGA_STATUSES, SagaRecord, SagaStatus
 
@@ -52,11 +52,9 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION: Final = 1
 """Version of the table layout below; stored in the ``<table>_meta`` table."""
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _ascii_json: Final = json.JSONEncoder(
     ensure_ascii=True, allow_nan=False, separators=(",", ":")
 ).encode
-_MICROSECOND: Final = timedelta(microseconds=1)
 
 
 def _status_list(statuses: list[SagaStatus]) -> str:
@@ -76,25 +74,14 @@ _READ: Final = (
 
 def to_us(value: datetime | None) -> int | None:
     """Return ``value`` as integer microseconds since the epoch (naive means local time)."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
+    if value is not None and value.tzinfo is None:
         value = value.astimezone(UTC)
-    return (value - _EPOCH) // _MICROSECOND
+    return format_time(value)  # the same microseconds the record document holds
 
 
 def from_us(value: object, field: str, saga_id: str) -> datetime | None:
     """Inverse of :func:`to_us`, for a column; raise ``CorruptRecordError`` on a bad one."""
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return _EPOCH + timedelta(microseconds=value)
-        except OverflowError:
-            pass
-    raise CorruptRecordError(
-        f"column '{field}' is not a time in microseconds", saga_id=saga_id, field=field
-    )
+    return parse_time(value, field, saga_id)
 
 
 class Statements:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import Any, Protocol, runtime_checkable
 
-from lexigram.events.sagas._codec import dumps_json, encode_record, loads_json
+from lexigram.events.sagas._codec import EPOCH, dumps_json, encode_record, loads_json
 from lexigram.events.sagas.errors import ConcurrencyConflictError, CorruptRecordError
 from lexigram.events.sagas.types import (
     TERMINAL_SAGA_STATUSES,
@@ -220,9 +220,6 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
 class InMemorySagaStore:
     """A process-local store for tests and single-process services.
 
@@ -281,7 +278,7 @@ class InMemorySagaStore:
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
         found = [
-            (row.fields[_CREATED] or _EPOCH, saga_id)
+            (row.fields[_CREATED] or EPOCH, saga_id)
             for saga_id, row in self._rows.items()
             if (saga_name is None or row.fields[_NAME] == saga_name)
             and (status is None or row.fields[_STATUS] == status)
@@ -310,7 +307,7 @@ class InMemorySagaStore:
         names = set(saga_names)
         ids = [saga_id] if saga_id is not None else builtins.list(self._rows)
         candidates = sorted(
-            (row.fields[_CREATED] or _EPOCH, key)
+            (row.fields[_CREATED] or EPOCH, key)
             for key in ids
             if (row := self._rows.get(key)) is not None
             and row.fields[_NAME] in names
