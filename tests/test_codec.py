@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lexigram.events.sagas._codec import (
+from lexigram.events.sagas.codec import (
     FORMAT_VERSION,
     check_data,
     decode_record,

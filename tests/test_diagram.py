@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from lexigram.events.sagas._flow import Flow
+from lexigram.events.sagas._engine.flow import Flow
 from lexigram.events.sagas.base import SagaBase, saga_step
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import SagaContext, SagaStepResult

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from lexigram.events.sagas._flow import (
+from lexigram.events.sagas._engine.flow import (
     Flow,
     FlowStep,
     RetryPolicy,

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lexigram.events.sagas._flow import RetryPolicy
-from lexigram.events.sagas._outcome import describe_error, interpret_result, retry_delay
+from lexigram.events.sagas._engine.flow import RetryPolicy
+from lexigram.events.sagas._engine.rules import describe_error, interpret_result, retry_delay
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import Err, Ok, SagaStepResult
 

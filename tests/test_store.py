@@ -8,9 +8,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from lexigram.events.sagas import InMemorySagaStore, SagaStore
-from lexigram.events.sagas.store import _EXPIRES, _Row, is_claimable
+from lexigram.events.sagas._leases import is_claimable
+from lexigram.events.sagas._memory import _EXPIRES, _Row
+from lexigram.events.sagas.testing.contract import (
+    BASE_TIME,
+    CorruptRow,
+    ExpireLeases,
+    StoreContract,
+    make_record,
+)
 from lexigram.events.sagas.types import SagaStatus
-from tests.store_contract import BASE_TIME, CorruptRow, ExpireLeases, StoreContract, make_record
 
 
 @pytest.fixture

@@ -31,8 +31,14 @@ from lexigram.events.sagas.base import SagaBase, saga_step
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import SagaContext
 from lexigram.events.sagas.manager import SagaManager
+from lexigram.events.sagas.testing.contract import (
+    BASE_TIME,
+    CorruptRow,
+    ExpireLeases,
+    StoreContract,
+    make_record,
+)
 from tests.conftest import postgres_required
-from tests.store_contract import BASE_TIME, CorruptRow, ExpireLeases, StoreContract, make_record
 
 try:
     import asyncpg

@@ -30,9 +30,7 @@ from lexigram.events.sagas import (
 )
 from lexigram.events.sagas.sqlite import SchemaVersionError, SQLiteSagaStore
 from lexigram.events.sagas.testing import ManualClock
-from tests.sqlite_measure import ThreeSteps
-from tests.sqlite_worker import run_workers, spawn
-from tests.store_contract import (
+from lexigram.events.sagas.testing.contract import (
     BASE_TIME,
     CorruptRow,
     ExpireLeases,
@@ -41,6 +39,8 @@ from tests.store_contract import (
     make_record,
     same_fields,
 )
+from tests.sqlite_measure import ThreeSteps
+from tests.sqlite_worker import run_workers, spawn
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ or ``PostgresSagaStore``. :func:`to_mermaid` draws any definition.
 import logging
 from typing import TYPE_CHECKING, Any
 
-from lexigram.events.sagas._flow import Flow
+from lexigram.events.sagas._engine.flow import Flow
 from lexigram.events.sagas._runtime import RecoveryProblem
 from lexigram.events.sagas.base import SagaBase, saga_step
 from lexigram.events.sagas.config import SagaConfig

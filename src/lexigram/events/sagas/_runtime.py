@@ -1,7 +1,7 @@
 """The API both front-ends share: start, wait, execute, get, list, cancel, resume, recover.
 
 ``SagaManager`` and ``SagaOrchestrator`` subclass :class:`SagaRuntime`; each only adds the
-way it turns a user definition into a :class:`~lexigram.events.sagas._flow.Flow`
+way it turns a user definition into a :class:`~lexigram.events.sagas._engine.flow.Flow`
 (``register`` / ``define``). Everything that runs a saga is in the engine.
 """
 
@@ -21,9 +21,9 @@ from typing import Any, Self
 
 from lexigram.events._bus import EventBusProtocol
 from lexigram.events._domain import DomainEvent
-from lexigram.events.sagas._codec import check_data
-from lexigram.events.sagas._engine import CANCEL, SHUTDOWN, Engine
-from lexigram.events.sagas._flow import Flow, align_cursor, check_resumable
+from lexigram.events.sagas._engine.engine import CANCEL, SHUTDOWN, Engine
+from lexigram.events.sagas._engine.flow import Flow, align_cursor, check_resumable
+from lexigram.events.sagas.codec import check_data
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.errors import (
     ConcurrencyConflictError,

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-from lexigram.events.sagas._flow import (
+from lexigram.events.sagas._engine.flow import (
     Flow,
     FlowStep,
     StepCallable,

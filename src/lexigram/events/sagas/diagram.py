@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from lexigram.events.sagas._flow import Flow, FlowStep
+from lexigram.events.sagas._engine.flow import Flow, FlowStep
 from lexigram.events.sagas.base import SagaBase, compile_saga
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.errors import SagaDefinitionError

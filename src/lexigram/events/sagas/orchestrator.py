@@ -4,7 +4,7 @@ A flow is a list of :class:`OrchestratedStep`. The first step is the entry; each
 where the flow goes next (a step name, ``None`` for the end, or a function of the context),
 may jump somewhere else when it fails (``on_failure``), and may be a *parallel group* whose
 children run concurrently. ``define()`` checks the definition and compiles it into the same
-:class:`~lexigram.events.sagas._flow.Flow` a ``SagaBase`` class compiles into; the shared
+:class:`~lexigram.events.sagas._engine.flow.Flow` a ``SagaBase`` class compiles into; the shared
 engine runs it, so retries, timeouts, persistence, compensation, recovery, leases and
 events behave exactly as with :class:`~lexigram.events.sagas.manager.SagaManager`.
 
@@ -37,7 +37,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from types import FunctionType, MethodType
 from typing import Any, Protocol, runtime_checkable
 
-from lexigram.events.sagas._flow import (
+from lexigram.events.sagas._engine.flow import (
     Flow,
     FlowStep,
     StepCallable,

@@ -12,7 +12,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from lexigram.events.sagas._codec import EPOCH, decode_record, encode_record
+from lexigram.events.sagas.codec import EPOCH, decode_record, encode_record
 from lexigram.events.sagas.errors import CorruptRecordError, SagaDataError
 from lexigram.events.sagas.types import SagaRecord
 

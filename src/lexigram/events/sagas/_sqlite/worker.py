@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Final
 
-from lexigram.events.sagas._sqlite_ops import SINGLE_STATEMENT
+from lexigram.events.sagas._sqlite.ops import SINGLE_STATEMENT
 from lexigram.events.sagas.errors import SagaError, SagaStoreError, SagaStoreUnavailableError
 
 __all__ = ["Operation", "SQLiteWorker", "map_error"]

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from lexigram.events.sagas._codec import decode_record, encode_record, format_time, parse_time
+from lexigram.events.sagas.codec import decode_record, encode_record, format_time, parse_time
 from lexigram.events.sagas.errors import ConcurrencyConflictError, CorruptRecordError
 from lexigram.events.sagas.types import TERMINAL_SAGA_STATUSES, SagaRecord, SagaStatus
 

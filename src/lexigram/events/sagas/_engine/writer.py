@@ -10,8 +10,8 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from lexigram.events.sagas._outcome import describe_error
-from lexigram.events.sagas._run import HARD_STOPS, LEASE_LOST, SHUTDOWN, Interrupted, SagaRun
+from lexigram.events.sagas._engine.rules import describe_error
+from lexigram.events.sagas._engine.run import HARD_STOPS, LEASE_LOST, SHUTDOWN, Interrupted, SagaRun
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.errors import (
     ConcurrencyConflictError,

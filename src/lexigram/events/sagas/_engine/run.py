@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import Awaitable
 from typing import Any, Final
 
-from lexigram.events.sagas._flow import Flow
+from lexigram.events.sagas._engine.flow import Flow
 from lexigram.events.sagas.context import SagaContext
 from lexigram.events.sagas.types import SagaRecord
 

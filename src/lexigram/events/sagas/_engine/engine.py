@@ -1,6 +1,6 @@
 """The one execution engine: runs a compiled flow for one saga, from any persistence point.
 
-Both front-ends hand the engine a :class:`~lexigram.events.sagas._flow.Flow` and a stored
+Both front-ends hand the engine a :class:`~lexigram.events.sagas._engine.flow.Flow` and a stored
 record; the engine does the rest: steps and parallel groups, conditional transitions,
 retries with backoff, per-attempt timeouts, the saga deadline, persistence points,
 compensation, cancellation, shutdown, leases and lifecycle events.
@@ -37,11 +37,10 @@ from typing import Any
 
 from lexigram.events._bus import EventBusProtocol
 from lexigram.events.sagas import events as ev
-from lexigram.events.sagas._deadlines import DeadlineTimer
-from lexigram.events.sagas._flow import Flow, FlowStep, RetryPolicy, StepCallable
-from lexigram.events.sagas._outcome import describe_error, interpret_result, retry_delay
-from lexigram.events.sagas._persist import RecordWriter
-from lexigram.events.sagas._run import (
+from lexigram.events.sagas._engine.deadlines import DeadlineTimer
+from lexigram.events.sagas._engine.flow import Flow, FlowStep, RetryPolicy, StepCallable
+from lexigram.events.sagas._engine.rules import describe_error, interpret_result, retry_delay
+from lexigram.events.sagas._engine.run import (
     CANCEL,
     DEADLINE,
     HARD_STOPS,
@@ -50,6 +49,7 @@ from lexigram.events.sagas._run import (
     Interrupted,
     SagaRun,
 )
+from lexigram.events.sagas._engine.writer import RecordWriter
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import SagaContext
 from lexigram.events.sagas.store import SagaStore

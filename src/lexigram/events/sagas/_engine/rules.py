@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lexigram.events._result import Err, Ok
-from lexigram.events.sagas._flow import RetryPolicy
+from lexigram.events.sagas._engine.flow import RetryPolicy
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import SagaStepResult
 

@@ -13,7 +13,7 @@ import sqlite3
 import time
 from typing import Final
 
-from lexigram.events.sagas._sqlite_ops import SCHEMA_VERSION, Statements
+from lexigram.events.sagas._sqlite.ops import SCHEMA_VERSION, Statements
 from lexigram.events.sagas.errors import SagaStoreError, SchemaVersionError
 
 __all__ = ["SchemaVersionError", "connect"]

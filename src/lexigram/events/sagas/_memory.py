@@ -1,0 +1,267 @@
+"""``InMemorySagaStore``: the reference implementation of the ``SagaStore`` contract.
+
+Small and readable on purpose: a custom store can be checked against it with the
+conformance suite in ``lexigram.events.sagas.testing.contract``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from operator import attrgetter
+from typing import Any
+
+from lexigram.events.sagas._leases import is_claimable
+from lexigram.events.sagas.codec import EPOCH, dumps_json, encode_record, loads_json
+from lexigram.events.sagas.errors import ConcurrencyConflictError, CorruptRecordError
+from lexigram.events.sagas.types import (
+    TERMINAL_SAGA_STATUSES,
+    SagaRecord,
+    SagaStatus,
+    SagaStepRecord,
+)
+
+__all__ = ["InMemorySagaStore"]
+
+logger = logging.getLogger(__name__)
+
+
+# A stored saga is kept as tuples of its immutable fields (ids, statuses, times, counters),
+# read in one C call by ``attrgetter``, plus the JSON text of its mutable, JSON-valued parts
+# (data, metadata, step outputs and attempt errors). Saving costs one pass over the fields
+# and one JSON encoding; loading builds fresh objects from both, so callers always get a
+# copy and a value JSON cannot hold is rejected exactly as the durable stores reject it.
+_JSON_FIELDS = ("data", "steps", "metadata")
+_PLAIN = tuple(name for name in SagaRecord.__slots__ if name not in _JSON_FIELDS)
+_STEP_PLAIN = tuple(
+    name for name in SagaStepRecord.__slots__ if name not in ("output", "attempt_errors")
+)
+_plain_fields = attrgetter(*_PLAIN)
+_step_fields = attrgetter(*_STEP_PLAIN)
+_AT = {name: index for index, name in enumerate(_PLAIN)}
+_NAME, _STATUS, _VERSION = _AT["saga_name"], _AT["status"], _AT["version"]
+_CREATED, _COMPLETED = _AT["created_at"], _AT["completed_at"]
+_OWNER, _LEASE_ID, _EXPIRES = _AT["lease_owner"], _AT["lease_id"], _AT["lease_expires_at"]
+
+
+@dataclass(slots=True)
+class _Row:
+    """One stored saga: its plain fields, its steps' plain fields, and the JSON rest."""
+
+    fields: builtins.list[Any]
+    steps: tuple[tuple[Any, ...], ...]
+    payload: str
+
+    @classmethod
+    def of(cls, record: SagaRecord) -> _Row:
+        steps = record.steps.values()
+        try:
+            payload = dumps_json(
+                (
+                    record.data,
+                    record.metadata,
+                    [(step.output, step.attempt_errors) for step in steps],
+                )
+            )
+        except (TypeError, ValueError, RecursionError):
+            encode_record(record)  # raises SagaDataError naming the keys
+            raise
+        return cls(builtins.list(_plain_fields(record)), tuple(map(_step_fields, steps)), payload)
+
+    def record(self, saga_id: str) -> SagaRecord:
+        """Build a fresh record from the stored parts."""
+        try:
+            data, metadata, step_parts = loads_json(self.payload)
+        except ValueError:
+            raise CorruptRecordError("stored payload is not valid JSON", saga_id=saga_id) from None
+        steps = {}
+        for fields, (output, errors) in zip(self.steps, step_parts, strict=True):
+            step = SagaStepRecord(**dict(zip(_STEP_PLAIN, fields, strict=True)))
+            step.output = output
+            step.attempt_errors = errors
+            steps[step.step_name] = step
+        return SagaRecord(
+            **dict(zip(_PLAIN, self.fields, strict=True)),
+            data=data,
+            steps=steps,
+            metadata=metadata,
+        )
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class InMemorySagaStore:
+    """A process-local store for tests and single-process services.
+
+    Context data, metadata and step outputs are copied through JSON on every save, as the
+    durable stores encode them, so a saga that runs here round-trips its data the same way
+    it would on SQLite or PostgreSQL, and a value JSON cannot hold is rejected the same way.
+    Nothing survives the process.
+
+    Args:
+        clock: Returns the current UTC time (inject one in tests to expire leases).
+    """
+
+    def __init__(self, *, clock: Callable[[], datetime] = _utc_now) -> None:
+        self._rows: dict[str, _Row] = {}
+        self._clock = clock
+        self.writes = 0
+        """How many writes succeeded (saves, claims, releases): a cheap probe for tests."""
+
+    async def save(self, record: SagaRecord) -> None:
+        """Insert (version 0) or conditionally update ``record``; bump ``record.version``."""
+        current = self._rows.get(record.saga_id)
+        stored_version = 0 if current is None else current.fields[_VERSION]
+        if stored_version != record.version:
+            raise ConcurrencyConflictError(
+                record.saga_id,
+                expected_version=record.version,
+                actual_version=None if current is None else stored_version,
+            )
+        row = _Row.of(record)
+        row.fields[_VERSION] = record.version = stored_version + 1
+        self._rows[record.saga_id] = row
+        self.writes += 1
+
+    async def load(self, saga_id: str) -> SagaRecord | None:
+        """Return a copy of the saga's record, or ``None``."""
+        row = self._rows.get(saga_id)
+        return None if row is None else row.record(saga_id)
+
+    async def list_by_name(self, saga_name: str) -> builtins.list[SagaRecord]:
+        """Return every saga of ``saga_name``, newest first."""
+        return self._select(saga_name, None, None)
+
+    async def list(
+        self,
+        *,
+        saga_name: str | None = None,
+        status: SagaStatus | None = None,
+        limit: int = 100,
+    ) -> builtins.list[SagaRecord]:
+        """Return up to ``limit`` sagas matching the filters, newest first."""
+        return self._select(saga_name, status, limit)
+
+    def _select(
+        self, saga_name: str | None, status: SagaStatus | None, limit: int | None
+    ) -> builtins.list[SagaRecord]:
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        found = [
+            (row.fields[_CREATED] or EPOCH, saga_id)
+            for saga_id, row in self._rows.items()
+            if (saga_name is None or row.fields[_NAME] == saga_name)
+            and (status is None or row.fields[_STATUS] == status)
+        ]
+        found.sort(reverse=True)
+        if limit is not None:
+            found = found[:limit]
+        return [self._rows[saga_id].record(saga_id) for _, saga_id in found]
+
+    async def delete(self, saga_id: str) -> bool:
+        """Delete the saga; return whether it existed."""
+        return self._rows.pop(saga_id, None) is not None
+
+    async def claim(
+        self,
+        owner: str,
+        lease_id: str,
+        *,
+        lease_seconds: float,
+        saga_names: Collection[str],
+        limit: int = 100,
+        saga_id: str | None = None,
+    ) -> builtins.list[SagaRecord]:
+        """Atomically take up to ``limit`` claimable sagas of ``saga_names``, oldest first."""
+        now = self._clock()
+        names = set(saga_names)
+        ids = [saga_id] if saga_id is not None else builtins.list(self._rows)
+        candidates = sorted(
+            (row.fields[_CREATED] or EPOCH, key)
+            for key in ids
+            if (row := self._rows.get(key)) is not None
+            and row.fields[_NAME] in names
+            and is_claimable(
+                row.fields[_STATUS],
+                row.fields[_OWNER],
+                row.fields[_LEASE_ID],
+                row.fields[_EXPIRES],
+                owner=owner,
+                claimer_lease_id=lease_id,
+                now=now,
+            )
+        )
+        claimed: builtins.list[SagaRecord] = []
+        for _, key in candidates:
+            if len(claimed) >= limit:
+                break
+            try:
+                record = self._rows[key].record(key)
+            except CorruptRecordError as exc:
+                logger.error("cannot claim saga %s: %s", key, exc)  # noqa: TRY400 - no traceback needed
+                continue
+            if record.lease_owner is not None:
+                record.recovery_attempts += 1
+            record.previous_owner = record.lease_owner
+            record.lease_owner = owner
+            record.lease_id = lease_id
+            record.lease_expires_at = now + timedelta(seconds=lease_seconds)
+            record.updated_at = now
+            record.version += 1
+            self._rows[key].fields = builtins.list(_plain_fields(record))
+            self.writes += 1
+            claimed.append(record)
+        return claimed
+
+    async def renew(
+        self, owner: str, lease_id: str, saga_ids: Sequence[str], *, lease_seconds: float
+    ) -> builtins.list[str]:
+        """Extend the leases this worker still holds; return the ids it still holds."""
+        expires = self._clock() + timedelta(seconds=lease_seconds)
+        held: builtins.list[str] = []
+        for saga_id in saga_ids:
+            row = self._rows.get(saga_id)
+            if row is None:
+                continue
+            fields = row.fields
+            if (
+                fields[_OWNER] != owner
+                or fields[_LEASE_ID] != lease_id
+                or fields[_STATUS] in TERMINAL_SAGA_STATUSES
+            ):
+                continue
+            fields[_EXPIRES] = expires
+            held.append(saga_id)
+        return held
+
+    async def release(self, saga_id: str, owner: str, lease_id: str) -> bool:
+        """Drop this worker's lease on a saga; return whether it held it."""
+        row = self._rows.get(saga_id)
+        if row is None or row.fields[_OWNER] != owner or row.fields[_LEASE_ID] != lease_id:
+            return False
+        fields = row.fields
+        fields[_OWNER] = fields[_LEASE_ID] = fields[_EXPIRES] = None
+        fields[_VERSION] += 1
+        self.writes += 1
+        return True
+
+    async def delete_terminal(self, *, before: datetime, limit: int = 1000) -> int:
+        """Delete up to ``limit`` terminal sagas completed before ``before``; return how many."""
+        doomed = [
+            saga_id
+            for saga_id, row in self._rows.items()
+            if row.fields[_STATUS] in TERMINAL_SAGA_STATUSES
+            and row.fields[_COMPLETED] is not None
+            and row.fields[_COMPLETED] < before
+        ][:limit]
+        for saga_id in doomed:
+            del self._rows[saga_id]
+        return len(doomed)
+
+    async def close(self) -> None:
+        """Nothing to release; kept for the protocol."""

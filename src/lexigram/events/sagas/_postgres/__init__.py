@@ -1,0 +1,1 @@
+"""Internals of ``PostgresSagaStore``: SQL, row decoding, error mapping, the store."""

@@ -1,0 +1,1 @@
+"""Internals of ``SQLiteSagaStore``: statements, schema, the writer thread, the store."""

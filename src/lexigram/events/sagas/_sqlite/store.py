@@ -1,0 +1,361 @@
+"""The SQLite store itself (the public facade is ``lexigram.events.sagas.sqlite``).
+
+Example::
+
+    from lexigram.events.sagas import SagaManager
+    from lexigram.events.sagas.sqlite import SQLiteSagaStore
+
+    store = SQLiteSagaStore("sagas.db")
+    async with SagaManager(store) as manager:
+        manager.register(OrderFulfillmentSaga)
+        await manager.recover()  # resume what a crashed run left behind
+        record = await manager.execute("order_fulfillment", {"order_id": "ord-1"})
+    await store.close()
+
+The store runs on the standard library's ``sqlite3`` module: the
+``lexigram-events[sqlite]`` extra installs nothing more, and is only needed on a Python
+built without SQLite.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import logging
+import math
+import os
+import re
+import warnings
+import weakref
+from collections.abc import Callable, Collection, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final, Self
+
+from lexigram.events.sagas._sqlite import ops
+from lexigram.events.sagas._sqlite.ops import Statements, save_params, to_us
+from lexigram.events.sagas._sqlite.schema import connect
+from lexigram.events.sagas._sqlite.worker import Operation, SQLiteWorker
+from lexigram.events.sagas.errors import SagaStoreError, SchemaVersionError
+from lexigram.events.sagas.types import SagaRecord, SagaStatus
+
+__all__ = ["SQLiteSagaStore", "SchemaVersionError"]
+
+logger = logging.getLogger(__name__)
+
+_TABLE_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_SYNCHRONOUS: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
+_JOURNAL_MODES: Final = ("WAL", "DELETE", "TRUNCATE", "PERSIST")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SQLiteSagaStore:
+    """A durable saga store in one SQLite file; several processes may share the file.
+
+    Each ``save``, ``claim``, ``release`` returns only once its transaction is committed.
+    SQLite work runs on one thread the store starts on first use (the event loop never
+    blocks on it); writes that arrive while a commit is in progress are committed together
+    in the next transaction (*group commit*), so a hundred sagas running at once share
+    fsyncs instead of paying one per step. ``commits`` and ``writes`` count both.
+
+    Processes sharing the file coordinate through SQLite's locks: every write transaction
+    is ``BEGIN IMMEDIATE``, waits up to ``busy_timeout`` for the lock, and a claim picks
+    and takes its sagas inside one such transaction, so two workers never claim one saga.
+
+    Durability (``synchronous``, with the default ``journal_mode="WAL"``):
+
+    - ``"FULL"`` (default) and ``"EXTRA"``: the WAL is fsynced at every commit; a write
+      that returned survives a process crash, an OS crash and a power loss.
+    - ``"NORMAL"``: fsyncs only at checkpoints. A write that returned survives a process
+      crash, but the last transactions may be lost (rolled back, never corrupted) on an
+      OS crash or power loss: sagas then resume from an earlier step, which runs again.
+    - ``"OFF"``: no fsync at all. Safe against a process crash, but an OS crash or power
+      loss may lose recent writes and can corrupt the database file.
+
+    Rows: the record as one JSON document (the format every store shares) plus indexed
+    columns. The lease fields (``version``, ``updated_at``, ``lease_*``,
+    ``previous_owner``, ``recovery_attempts``) are read from their columns, which
+    ``claim``, ``renew`` and ``release`` update without rewriting the document. The schema
+    is created on first use; its version is kept in a ``<table>_meta`` table.
+
+    Args:
+        path: The database file (created if missing). ``":memory:"`` gives a private
+            in-memory database (nothing durable; for tests).
+        table: The saga table's name (letters, digits, underscores); the store also
+            creates ``<table>_meta`` and a few indexes named after it.
+        synchronous: SQLite's ``synchronous`` setting (see above).
+        journal_mode: ``"WAL"`` (default: readers never block the writer), or one of
+            SQLite's rollback journals ``"DELETE"``, ``"TRUNCATE"``, ``"PERSIST"``.
+        busy_timeout: Seconds a write waits for another process's lock before the store
+            reports ``SagaStoreUnavailableError``.
+        clock: Returns the current UTC time; judges and stamps leases. It is called on
+            the store's thread.
+
+    Raises:
+        ValueError: a setting is invalid (the message names it).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        table: str = "lexigram_sagas",
+        synchronous: str = "FULL",
+        journal_mode: str = "WAL",
+        busy_timeout: float = 5.0,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        location = os.fspath(path)
+        if not isinstance(location, str):
+            raise TypeError("path must be a str or os.PathLike[str]")
+        if not isinstance(table, str) or not _TABLE_NAME.fullmatch(table):
+            raise ValueError(
+                f"table must be 1-63 letters, digits or underscores, not starting with a "
+                f"digit; got {table!r}"
+            )
+        if table.lower().startswith("sqlite_"):
+            raise ValueError(f"table must not start with 'sqlite_' (reserved); got {table!r}")
+        self._synchronous = _choice("synchronous", synchronous, _SYNCHRONOUS)
+        self._journal_mode = _choice("journal_mode", journal_mode, _JOURNAL_MODES)
+        if (
+            isinstance(busy_timeout, bool)
+            or not isinstance(busy_timeout, int | float)
+            or not math.isfinite(busy_timeout)
+            or busy_timeout <= 0
+        ):
+            raise ValueError(
+                f"busy_timeout must be a positive number of seconds, got {busy_timeout!r}"
+            )
+        if not callable(clock):
+            raise TypeError("clock must be a callable returning a UTC datetime")
+        self._path = location
+        self._table = table
+        self._busy_timeout = float(busy_timeout)
+        self._clock = clock
+        self._sql = Statements(table)
+        self._closed = False
+        self._worker = SQLiteWorker(
+            functools.partial(
+                connect,
+                location,
+                self._sql,
+                self._synchronous,
+                self._journal_mode,
+                self._busy_timeout,
+            ),
+            name=f"lexigram-sqlite-{table}",
+        )
+        self._finalizer = weakref.finalize(self, _abandon, self._worker, location)
+        self._finalizer.atexit = False
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def path(self) -> str:
+        """The database file."""
+        return self._path
+
+    @property
+    def table(self) -> str:
+        """The saga table's name."""
+        return self._table
+
+    @property
+    def synchronous(self) -> str:
+        """SQLite's ``synchronous`` setting in use (upper case)."""
+        return self._synchronous
+
+    @property
+    def journal_mode(self) -> str:
+        """The journal mode requested (upper case)."""
+        return self._journal_mode
+
+    @property
+    def commits(self) -> int:
+        """Write transactions committed so far (one per group of writes)."""
+        return self._worker.commits
+
+    @property
+    def writes(self) -> int:
+        """Write operations committed so far (saves, claims, renewals, releases, deletes)."""
+        return self._worker.writes
+
+    def __repr__(self) -> str:
+        return f"SQLiteSagaStore({self._path!r}, table={self._table!r})"
+
+    # ------------------------------------------------------------------ the protocol
+
+    def _submit(self, fn: Operation, *args: Any, write: bool) -> Any:
+        if self._closed:
+            raise SagaStoreError("the SQLite saga store is closed")
+        return self._worker.submit(fn, args, write=write)
+
+    async def save(self, record: SagaRecord) -> None:
+        """Insert (version 0) or conditionally update ``record``; bump ``record.version``.
+
+        Returns once the transaction holding the write is committed.
+
+        Raises:
+            ConcurrencyConflictError: the stored version is not ``record.version``.
+            SagaDataError: a value cannot be stored as JSON (nothing was written).
+            SagaStoreUnavailableError: the file is locked too long, or an I/O error.
+        """
+        expected = record.version
+        params = save_params(record)
+        await self._submit(ops.save, self._sql, expected, params, write=True)
+        record.version = expected + 1
+
+    async def load(self, saga_id: str) -> SagaRecord | None:
+        """Return a copy of the saga's record, or ``None``.
+
+        Raises:
+            CorruptRecordError: the row cannot be read as a saga record.
+        """
+        record: SagaRecord | None = await self._submit(ops.load, self._sql, saga_id, write=False)
+        return record
+
+    async def list_by_name(self, saga_name: str) -> builtins.list[SagaRecord]:
+        """Return every saga of ``saga_name``, newest first."""
+        query = self._sql.select_list(by_name=True, status=None, limited=False)
+        found: builtins.list[SagaRecord] = await self._submit(
+            ops.select, query, (saga_name,), write=False
+        )
+        return found
+
+    async def list(
+        self,
+        *,
+        saga_name: str | None = None,
+        status: SagaStatus | None = None,
+        limit: int = 100,
+    ) -> builtins.list[SagaRecord]:
+        """Return up to ``limit`` sagas matching the filters, newest first.
+
+        Raises:
+            ValueError: ``limit`` is negative.
+            CorruptRecordError: a matching row cannot be read as a saga record.
+        """
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        if limit == 0:
+            return []
+        if status is not None:
+            status = SagaStatus(status)
+        query = self._sql.select_list(by_name=saga_name is not None, status=status, limited=True)
+        params: tuple[Any, ...] = tuple(
+            value
+            for value in (saga_name, None if status is None else status.value)
+            if value is not None
+        )
+        found: builtins.list[SagaRecord] = await self._submit(
+            ops.select, query, (*params, limit), write=False
+        )
+        return found
+
+    async def delete(self, saga_id: str) -> bool:
+        """Delete the saga; return whether it existed."""
+        existed: bool = await self._submit(ops.delete, self._sql, saga_id, write=True)
+        return existed
+
+    async def claim(
+        self,
+        owner: str,
+        lease_id: str,
+        *,
+        lease_seconds: float,
+        saga_names: Collection[str],
+        limit: int = 100,
+        saga_id: str | None = None,
+    ) -> builtins.list[SagaRecord]:
+        """Atomically take up to ``limit`` claimable sagas of ``saga_names``, oldest first.
+
+        Candidates are read and taken in one write transaction, so processes sharing the
+        file never take the same saga. Rows that cannot be decoded are logged and skipped.
+        """
+        names = tuple(dict.fromkeys(saga_names))
+        if not names or limit <= 0:
+            return []
+        claimed: builtins.list[SagaRecord] = await self._submit(
+            ops.claim,
+            self._sql,
+            self._clock,
+            owner,
+            lease_id,
+            lease_seconds,
+            names,
+            limit,
+            saga_id,
+            write=True,
+        )
+        return claimed
+
+    async def renew(
+        self, owner: str, lease_id: str, saga_ids: Sequence[str], *, lease_seconds: float
+    ) -> builtins.list[str]:
+        """Extend the leases this worker still holds; return the ids it still holds."""
+        if not saga_ids:
+            return []
+        held: builtins.list[str] = await self._submit(
+            ops.renew,
+            self._sql,
+            self._clock,
+            owner,
+            lease_id,
+            tuple(saga_ids),
+            lease_seconds,
+            write=True,
+        )
+        return held
+
+    async def release(self, saga_id: str, owner: str, lease_id: str) -> bool:
+        """Drop this worker's lease on a saga; return whether it held it."""
+        held: bool = await self._submit(
+            ops.release, self._sql, saga_id, owner, lease_id, write=True
+        )
+        return held
+
+    async def delete_terminal(self, *, before: datetime, limit: int = 1000) -> int:
+        """Delete up to ``limit`` terminal sagas completed before ``before``; return how many."""
+        if limit <= 0:
+            return 0
+        deleted: int = await self._submit(
+            ops.delete_terminal, self._sql, to_us(before), limit, write=True
+        )
+        return deleted
+
+    async def close(self) -> None:
+        """Finish queued operations, close the connection and end the thread (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._finalizer.detach()
+        await self._worker.stop()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
+    chosen = value.upper() if isinstance(value, str) else None
+    if chosen not in allowed:
+        options = ", ".join(repr(option) for option in allowed)
+        raise ValueError(f"{name} must be one of {options}; got {value!r}")
+    return chosen
+
+
+def _abandon(worker: SQLiteWorker, path: str) -> None:
+    """Finalizer of a store garbage-collected without ``close()``: stop its thread."""
+    if worker.started and not worker.stopping:
+        worker.stop_nowait()
+        warnings.warn(f"unclosed SQLiteSagaStore({path!r})", ResourceWarning, stacklevel=1)
