@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.crash_support import Target, Workers, make_target
+from tests.support.crash_support import Target, Workers, make_target
 
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.register_profile(

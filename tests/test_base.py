@@ -13,7 +13,7 @@ from lexigram.events.sagas.errors import SagaDefinitionError
 from lexigram.events.sagas.manager import SagaManager
 from lexigram.events.sagas.store import InMemorySagaStore
 from lexigram.events.sagas.types import SagaStatus, SagaStepStatus
-from tests.helpers import WAIT
+from tests.support.helpers import WAIT
 
 CONFIG = SagaConfig(retry_delay_seconds=0)
 

@@ -11,7 +11,7 @@ from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import SagaContext, SagaStepResult
 from lexigram.events.sagas.store import InMemorySagaStore
 from lexigram.events.sagas.types import SagaStatus, SagaStepStatus
-from tests.helpers import (
+from tests.support.helpers import (
     WAIT,
     Script,
     await_crash,

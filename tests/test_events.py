@@ -20,7 +20,7 @@ from lexigram.events.sagas.events import (
 )
 from lexigram.events.sagas.store import InMemorySagaStore
 from lexigram.events.sagas.types import SagaStatus
-from tests.helpers import (
+from tests.support.helpers import (
     WAIT,
     RaisingBus,
     Script,

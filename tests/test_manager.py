@@ -24,7 +24,7 @@ from lexigram.events.sagas.manager import SagaManager, SagaManagerProtocol
 from lexigram.events.sagas.store import InMemorySagaStore
 from lexigram.events.sagas.testing import ManualClock
 from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepStatus
-from tests.helpers import (
+from tests.support.helpers import (
     WAIT,
     Fault,
     FaultStore,

@@ -18,7 +18,7 @@ from lexigram.events.sagas.context import Err, SagaContext, SagaStepResult
 from lexigram.events.sagas.manager import SagaManager
 from lexigram.events.sagas.store import InMemorySagaStore
 from lexigram.events.sagas.types import SagaStatus, SagaStepStatus
-from tests.helpers import WAIT
+from tests.support.helpers import WAIT
 
 # --------------------------------------------------------------------------- fake services
 

@@ -19,7 +19,7 @@ from lexigram.events.sagas.types import (
     can_transition_saga,
     can_transition_step,
 )
-from tests.helpers import WAIT, Script, manager_for, returning
+from tests.support.helpers import WAIT, Script, manager_for, returning
 
 SIX = {"pending", "running", "completed", "compensating", "compensated", "failed"}
 S = SagaStatus

@@ -21,7 +21,7 @@ from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import SagaContext
 from lexigram.events.sagas.errors import SagaDefinitionError
 from lexigram.events.sagas.types import SagaStatus
-from tests.helpers import Script, saga_class, seed_record
+from tests.support.helpers import Script, saga_class, seed_record
 
 POLICY = RetryPolicy(max_retries=0, retry_delay=0.0, timeout=None)
 CONFIG = SagaConfig(max_retries_per_step=4, retry_delay_seconds=0.5)

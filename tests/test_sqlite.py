@@ -39,8 +39,8 @@ from lexigram.events.sagas.testing.contract import (
     make_record,
     same_fields,
 )
-from tests.sqlite_measure import ThreeSteps
-from tests.sqlite_worker import run_workers, spawn
+from tests.support.sqlite_measure import ThreeSteps
+from tests.support.sqlite_worker import run_workers, spawn
 
 
 @contextlib.contextmanager

@@ -2,9 +2,9 @@ r"""A saga worker in its own OS process, for the crash, race and restart tests.
 
 Usage (from the repository root; the script imports nothing from ``tests``)::
 
-    python tests/crash_worker.py run --store sqlite --target PATH --worker W --log LOG \\
+    python tests/support/crash_worker.py run --store sqlite --target PATH --worker W --log LOG \\
         --sagas '[["saga-1", {"fail": false}]]' [--kill-in step:2] [--kill-after-save 2] ...
-    python tests/crash_worker.py recover --store postgres --target DSN --table T \\
+    python tests/support/crash_worker.py recover --store postgres --target DSN --table T \\
         --worker W --log LOG [--until-idle | --expect N] [--ready] ...
 
 Every step and compensation of :class:`CrashSaga` first appends a line to the

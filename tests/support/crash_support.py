@@ -1,4 +1,4 @@
-"""Test-side helpers of the crash, race and restart tests (see ``tests/crash_worker.py``).
+"""Test-side helpers of the crash, race and restart tests (see ``tests/support/crash_worker.py``).
 
 - :class:`Target`: which database the worker processes share (an SQLite file, or a
   PostgreSQL table of its own), and how to open another store on it;
@@ -30,7 +30,7 @@ from lexigram.events.sagas import (
     SagaRecord,
     SagaStore,
 )
-from tests.crash_worker import SAGA_NAME, CrashSaga, Probe, open_store
+from tests.support.crash_worker import SAGA_NAME, CrashSaga, Probe, open_store
 
 WORKER_SCRIPT = Path(__file__).with_name("crash_worker.py")
 TERMINAL_VALUES = frozenset({"completed", "compensated", "failed"})

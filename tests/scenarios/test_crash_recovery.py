@@ -3,9 +3,9 @@
 The worker dies inside every step and every compensation, or between two persistence
 points (SPEC section 7; RELIABILITY 4, 8, 16).
 
-Each case runs ``tests/crash_worker.py`` on a fresh SQLite file or PostgreSQL table:
+Each case runs ``tests/support/crash_worker.py`` on a fresh SQLite file or PostgreSQL table:
 
-1. the *doomed* worker starts one :class:`~tests.crash_worker.CrashSaga` and SIGKILLs
+1. the *doomed* worker starts one :class:`~tests.support.crash_worker.CrashSaga` and SIGKILLs
    itself at the chosen point, after the side-effect log recorded the invocation;
 2. the test reads what the crash left in the store;
 3. a *new process* (under the same worker name, or another one once the lease expired)
@@ -31,7 +31,7 @@ from lexigram.events.sagas import (
     SagaStatus,
     SagaStepStatus,
 )
-from tests.crash_support import (
+from tests.support.crash_support import (
     Target,
     Workers,
     calls,
@@ -44,7 +44,7 @@ from tests.crash_support import (
     reference_run,
     sample_data,
 )
-from tests.crash_worker import SAGA_NAME, CrashSaga, InstrumentedStore, Probe, SideEffectLog
+from tests.support.crash_worker import SAGA_NAME, CrashSaga, InstrumentedStore, Probe, SideEffectLog
 
 pytestmark = pytest.mark.slow
 

@@ -37,7 +37,7 @@ from lexigram.events.sagas import (
     SagaStoreUnavailableError,
 )
 from tests.conftest import postgres_required
-from tests.crash_support import (
+from tests.support.crash_support import (
     Reference,
     Target,
     Workers,
@@ -51,7 +51,7 @@ from tests.crash_support import (
     sample_data,
     wait_for_log,
 )
-from tests.crash_worker import SAGA_NAME, CrashSaga, InstrumentedStore, Probe, SideEffectLog
+from tests.support.crash_worker import SAGA_NAME, CrashSaga, InstrumentedStore, Probe, SideEffectLog
 
 try:
     import asyncpg

@@ -2,7 +2,8 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python tests/sqlite_measure.py [--sagas 100] [--total 100] [--synchronous FULL]
+    .venv/bin/python tests/support/sqlite_measure.py [--sagas 100] [--total 100]
+        [--synchronous FULL]
 
 Runs ``--total`` sagas one after another, then with ``--sagas`` of them in flight at a
 time, on a fresh file each time, and prints the store's ``writes`` and ``commits``

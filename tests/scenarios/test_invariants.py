@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from lexigram.events.sagas.context import Err, SagaStepResult
 from lexigram.events.sagas.store import InMemorySagaStore
 from lexigram.events.sagas.types import TERMINAL_SAGA_STATUSES, SagaStatus, SagaStepStatus
-from tests.helpers import (
+from tests.support.helpers import (
     FAST,
     WAIT,
     Behaviour,

@@ -2,9 +2,9 @@
 
 Usage::
 
-    python tests/sqlite_worker.py insert PATH PREFIX COUNT
-    python tests/sqlite_worker.py claim PATH WORKER LIMIT
-    python tests/sqlite_worker.py crash PATH PREFIX COUNT
+    python tests/support/sqlite_worker.py insert PATH PREFIX COUNT
+    python tests/support/sqlite_worker.py claim PATH WORKER LIMIT
+    python tests/support/sqlite_worker.py crash PATH PREFIX COUNT
 
 The process prints ``ready``, waits for a line on stdin (so the test can release several
 processes at the same instant), then works and prints one JSON line: the ids it inserted

@@ -20,7 +20,7 @@ from lexigram.events.sagas.manager import SagaManager
 from lexigram.events.sagas.store import InMemorySagaStore
 from lexigram.events.sagas.testing import ManualClock
 from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepStatus
-from tests.helpers import (
+from tests.support.helpers import (
     WAIT,
     Crash,
     Fault,

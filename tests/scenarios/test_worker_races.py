@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from lexigram.events.sagas import SagaBase, SagaConfig, SagaManager, SagaRecord, SagaStatus
-from tests.crash_support import (
+from tests.support.crash_support import (
     Reference,
     Target,
     Workers,
@@ -39,7 +39,7 @@ from tests.crash_support import (
     sample_data,
     wait_for_log,
 )
-from tests.crash_worker import (
+from tests.support.crash_worker import (
     CrashSaga,
     InstrumentedStore,
     Probe,
