@@ -21,7 +21,7 @@ from typing import Any, Self
 
 from lexigram.events._bus import EventBusProtocol
 from lexigram.events._domain import DomainEvent
-from lexigram.events.sagas._engine.engine import CANCEL, SHUTDOWN, Engine
+from lexigram.events.sagas._engine.engine import Engine, StopReason
 from lexigram.events.sagas._engine.flow import Flow, align_cursor, check_resumable
 from lexigram.events.sagas.codec import check_data
 from lexigram.events.sagas.config import SagaConfig
@@ -374,7 +374,7 @@ class SagaRuntime:
         """
         run = self._engine.runs.get(saga_id)
         if run is not None:
-            run.stop(CANCEL, reason)
+            run.stop(StopReason.CANCEL, reason)
             return await self.wait(saga_id)
         self._check_open()
         record = await self._store.load(saga_id)
@@ -383,7 +383,7 @@ class SagaRuntime:
         if record.is_terminal:
             return record
         claimed, flow = await self._take_over(record)
-        self._engine.launch(claimed, flow, stop=(CANCEL, reason))
+        self._engine.launch(claimed, flow, stop=(StopReason.CANCEL, reason))
         return await self.wait(saga_id)
 
     async def resume(self, saga_id: str) -> None:
@@ -620,7 +620,7 @@ class SagaRuntime:
             _, pending = await asyncio.wait(tasks, timeout=self._config.shutdown_timeout)
             if pending:
                 for run in builtins.list(engine.runs.values()):
-                    run.stop(SHUTDOWN, "worker shutting down")
+                    run.stop(StopReason.SHUTDOWN, "worker shutting down")
                 await asyncio.wait(pending)
         await engine.close()
 

@@ -14,19 +14,21 @@ import itertools
 from collections.abc import Callable
 from typing import Protocol
 
+from lexigram.events.sagas._engine.run import StopReason
+
 __all__ = ["DeadlineTimer"]
 
 
 class _Stoppable(Protocol):
     finished: bool
 
-    def stop(self, reason: str, message: str = "") -> None: ...
+    def stop(self, reason: StopReason, message: str = "") -> None: ...
 
 
 class DeadlineTimer:
     """Calls ``run.stop(reason)`` for each registered run whose deadline passes."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: StopReason, message: str) -> None:
         self._reason = reason
         self._message = message
         self._heap: list[tuple[float, int, _Stoppable]] = []
@@ -71,7 +73,7 @@ class DeadlineTimer:
         self._handle = None
         heap = self._heap
         now = loop.time()
-        due: list[Callable[[str, str], None]] = []
+        due: list[Callable[[StopReason, str], None]] = []
         while heap and (heap[0][0] <= now or heap[0][2].finished):
             _, _, run = heapq.heappop(heap)
             if run.finished:

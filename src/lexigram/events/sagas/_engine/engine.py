@@ -40,15 +40,7 @@ from lexigram.events.sagas import events as ev
 from lexigram.events.sagas._engine.deadlines import DeadlineTimer
 from lexigram.events.sagas._engine.flow import Flow, FlowStep, RetryPolicy, StepCallable
 from lexigram.events.sagas._engine.rules import describe_error, interpret_result, retry_delay
-from lexigram.events.sagas._engine.run import (
-    CANCEL,
-    DEADLINE,
-    HARD_STOPS,
-    LEASE_LOST,
-    SHUTDOWN,
-    Interrupted,
-    SagaRun,
-)
+from lexigram.events.sagas._engine.run import Interrupted, SagaRun, StopReason
 from lexigram.events.sagas._engine.writer import RecordWriter
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import SagaContext
@@ -60,7 +52,7 @@ from lexigram.events.sagas.types import (
     SagaStepStatus,
 )
 
-__all__ = ["CANCEL", "DEADLINE", "LEASE_LOST", "SHUTDOWN", "Engine", "SagaRun"]
+__all__ = ["Engine", "SagaRun", "StopReason"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +85,7 @@ class Engine:
         self.runs: dict[str, SagaRun] = {}
         self._writer = RecordWriter(store, config, clock)
         self._heartbeat: asyncio.Task[None] | None = None
-        self._deadlines = DeadlineTimer(DEADLINE, "saga deadline passed")
+        self._deadlines = DeadlineTimer(StopReason.DEADLINE, "saga deadline passed")
 
     # ------------------------------------------------------------------ launching
 
@@ -102,7 +94,7 @@ class Engine:
         record: SagaRecord,
         flow: Flow,
         *,
-        stop: tuple[str, str] | None = None,
+        stop: tuple[StopReason, str] | None = None,
         deadline_in: float | None = None,
     ) -> SagaRun:
         """Start running ``record`` (already stored and leased to this worker) in a task.
@@ -152,14 +144,14 @@ class Engine:
                     if error is None:
                         return
             except Interrupted as stop:
-                if stop.reason in HARD_STOPS:
+                if stop.reason.is_hard:
                     raise
                 error = self._stop_error(run)
                 self._fail_in_flight(run, error)
             await self._begin_compensation(run, error)
         except Interrupted as stop:
             logger.info("saga %s stopped (%s); it stays resumable", record.saga_id, stop.reason)
-            release = stop.reason != LEASE_LOST
+            release = stop.reason is not StopReason.LEASE_LOST
         except asyncio.CancelledError:
             logger.info("saga %s task cancelled; it stays resumable", record.saga_id)
             release = True
@@ -193,7 +185,7 @@ class Engine:
         )
 
     def _stop_error(self, run: SagaRun) -> str:
-        if run.stop_reason == DEADLINE:
+        if run.stop_reason is StopReason.DEADLINE:
             return (
                 f"saga timed out: its deadline of {self.config.default_timeout_seconds:g}s passed"
             )
@@ -383,7 +375,7 @@ class Engine:
                         raise _StepTimeoutError(describe_error(own)) from own
         except asyncio.CancelledError:
             if run.owns_cancel(task):
-                raise Interrupted(run.stop_reason or SHUTDOWN) from None
+                raise Interrupted(run.stop_reason or StopReason.SHUTDOWN) from None
             raise
         except _StepTimeoutError as exc:
             return False, {}, str(exc), True
@@ -424,12 +416,12 @@ class Engine:
             )
         ]
         run.save_lock()  # children save concurrently from here on
-        stops: list[str] = []
+        stops: list[StopReason] = []
         async with asyncio.TaskGroup() as tasks:
             for child in pending:
                 tasks.create_task(self._run_child(run, child, ctx.for_step(child.name), stops))
         if stops:
-            raise Interrupted(next((r for r in stops if r in HARD_STOPS), stops[0]))
+            raise Interrupted(next((r for r in stops if r.is_hard), stops[0]))
         failed = [
             child.name for child in node.children if steps[child.name].status is not _COMPLETED
         ]
@@ -452,7 +444,7 @@ class Engine:
         return True, ""
 
     async def _run_child(
-        self, run: SagaRun, child: FlowStep, ctx: SagaContext, stops: list[str]
+        self, run: SagaRun, child: FlowStep, ctx: SagaContext, stops: list[StopReason]
     ) -> None:
         """Run one child of a group; report a stop instead of raising (siblings go on)."""
         task = asyncio.current_task()
@@ -642,7 +634,7 @@ class Engine:
                     run = self.runs.get(saga_id)
                     if saga_id not in held and run is not None and not run.record.is_terminal:
                         logger.warning("saga %s: lease lost to another worker", saga_id)
-                        run.stop(LEASE_LOST)
+                        run.stop(StopReason.LEASE_LOST)
         finally:
             self._heartbeat = None
 

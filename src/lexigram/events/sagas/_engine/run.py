@@ -12,27 +12,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable
-from typing import Any, Final
+from enum import Enum
+from typing import Any
 
 from lexigram.events.sagas._engine.flow import Flow
 from lexigram.events.sagas.context import SagaContext
 from lexigram.events.sagas.types import SagaRecord
 
-__all__ = ["CANCEL", "DEADLINE", "HARD_STOPS", "LEASE_LOST", "SHUTDOWN", "Interrupted", "SagaRun"]
+__all__ = ["Interrupted", "SagaRun", "StopReason"]
 
-CANCEL: Final = "cancel"
-DEADLINE: Final = "deadline"
-SHUTDOWN: Final = "shutdown"
-LEASE_LOST: Final = "lease_lost"
-HARD_STOPS: Final = frozenset({SHUTDOWN, LEASE_LOST})
 _NONE: frozenset[Any] = frozenset()
+
+
+class StopReason(Enum):
+    """Why a run was asked to stop.
+
+    ``CANCEL`` and ``DEADLINE`` are *soft*: they stop forward steps and the saga
+    compensates (compensations are shielded). ``SHUTDOWN`` and ``LEASE_LOST`` are *hard*:
+    they stop everything at once and nothing more is written.
+    """
+
+    CANCEL = "cancel"
+    DEADLINE = "deadline"
+    SHUTDOWN = "shutdown"
+    LEASE_LOST = "lease_lost"
+
+    @property
+    def is_hard(self) -> bool:
+        """Whether the stop also interrupts compensations and writes nothing more."""
+        return self is StopReason.SHUTDOWN or self is StopReason.LEASE_LOST
 
 
 class Interrupted(Exception):  # noqa: N818 - a control-flow signal, not an error
     """Unwinds a run that was stopped (cancel, deadline, shutdown, lost lease)."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+    def __init__(self, reason: StopReason) -> None:
+        super().__init__(reason.value)
         self.reason = reason
 
 
@@ -65,7 +80,7 @@ class SagaRun:
         self.outcome: SagaRecord | None = None
         self.instance: object = None
         self.task: asyncio.Task[None] | None = None
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
         self.stop_message = ""
         # Tasks awaiting user code now -> whether a cancel/deadline may interrupt them.
         self.in_user_code: dict[asyncio.Task[Any], bool] = {}
@@ -109,15 +124,14 @@ class SagaRun:
                 waiter.set_result(result)
         self.waiters.clear()
 
-    def stop(self, reason: str, message: str = "") -> None:
+    def stop(self, reason: StopReason, message: str = "") -> None:
         """Ask the run to stop; shutdown and lease loss override cancel and deadline."""
-        if self.stop_reason in HARD_STOPS or (
-            self.stop_reason is not None and reason not in HARD_STOPS
-        ):
+        current = self.stop_reason
+        if current is not None and (current.is_hard or not reason.is_hard):
             return
         self.stop_reason = reason
         self.stop_message = message
-        hard = reason in HARD_STOPS
+        hard = reason.is_hard
         for task, forward in self.in_user_code.items():
             if (forward or hard) and task not in self.cancelled_tasks:
                 if not isinstance(self.cancelled_tasks, set):
@@ -164,7 +178,7 @@ class SagaRun:
             result = await awaitable
         except asyncio.CancelledError:
             if self.owns_cancel(task):
-                raise Interrupted(self.stop_reason or SHUTDOWN) from None
+                raise Interrupted(self.stop_reason or StopReason.SHUTDOWN) from None
             raise
         finally:
             del self.in_user_code[task]
@@ -175,7 +189,7 @@ class SagaRun:
     def checkpoint(self, *, forward: bool) -> None:
         """Raise ``Interrupted`` if a stop was requested that applies here."""
         reason = self.stop_reason
-        if reason is not None and (forward or reason in HARD_STOPS):
+        if reason is not None and (forward or reason.is_hard):
             raise Interrupted(reason)
 
     def save_lock(self) -> asyncio.Lock:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from lexigram.events.sagas._engine.rules import describe_error
-from lexigram.events.sagas._engine.run import HARD_STOPS, LEASE_LOST, SHUTDOWN, Interrupted, SagaRun
+from lexigram.events.sagas._engine.run import Interrupted, SagaRun, StopReason
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.errors import (
     ConcurrencyConflictError,
@@ -91,8 +91,8 @@ class RecordWriter:
                     "saga %s was taken over by another worker; this worker stops running it",
                     record.saga_id,
                 )
-                run.stop(LEASE_LOST)
-                raise Interrupted(LEASE_LOST) from None
+                run.stop(StopReason.LEASE_LOST)
+                raise Interrupted(StopReason.LEASE_LOST) from None
             except SagaDataError as exc:
                 rejected += await self._scrub(run, exc)
                 if commit or not exc.keys:
@@ -100,8 +100,8 @@ class RecordWriter:
                 continue
             except (SagaStoreUnavailableError, OSError) as exc:
                 uncertain = True
-                if run.stop_reason in HARD_STOPS:
-                    raise Interrupted(run.stop_reason or SHUTDOWN) from None
+                if run.stop_reason is not None and run.stop_reason.is_hard:
+                    raise Interrupted(run.stop_reason) from None
                 logger.warning(
                     "saga %s: store unavailable (%s); retrying in %.2fs",
                     record.saga_id,
