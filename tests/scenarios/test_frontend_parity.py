@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from lexigram.events import InMemoryEventBus
+from lexigram.events.sagas._engine.rules import idempotency_key
 from lexigram.events.sagas._runtime import SagaRuntime
 from lexigram.events.sagas.base import SagaBase, saga_step
 from lexigram.events.sagas.config import SagaConfig
@@ -383,7 +384,11 @@ async def test_idempotency_key_is_stable_across_retries(front_end: FrontEnd) -> 
     front_end.script.undo_behaviours["charge"] = refund
     front_end.script.behaviours["confirm"] = fail_with(ValueError())
     await front_end.build().execute(NAME, saga_id="s-1", timeout=WAIT)
-    assert keys == ["s-1:charge", "s-1:charge", "s-1:charge:compensate"]
+    step_key = idempotency_key("s-1", "charge", 1, compensation=False)
+    undo_key = idempotency_key("s-1", "charge", 1, compensation=True)
+    assert keys == [step_key, step_key, undo_key]
+    assert step_key.startswith("s-1:charge:step:")
+    assert undo_key.startswith("s-1:charge:compensate:")
 
 
 def _trace(bus: InMemoryEventBus) -> list[tuple[str, str | None]]:

@@ -22,6 +22,7 @@ from lexigram.events.sagas.errors import (
     ConcurrencyConflictError,
     CorruptRecordError,
     NonRetryableError,
+    Rejection,
     SagaDataError,
     SagaDefinitionError,
     SagaError,
@@ -53,7 +54,10 @@ from lexigram.events.sagas.orchestrator import (
 )
 from lexigram.events.sagas.store import InMemorySagaStore, SagaStore
 from lexigram.events.sagas.types import (
+    FAILURE_KINDS,
     TERMINAL_SAGA_STATUSES,
+    FailureKind,
+    SagaFailure,
     SagaRecord,
     SagaStatus,
     SagaStepRecord,
@@ -88,12 +92,14 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "FAILURE_KINDS",
     "TERMINAL_SAGA_STATUSES",
     "CompensationFailedError",
     "ConcurrencyConflictError",
     "ConditionalTransition",
     "CorruptRecordError",
     "Err",
+    "FailureKind",
     "Flow",
     "InMemorySagaStore",
     "NonRetryableError",
@@ -101,6 +107,7 @@ __all__ = [
     "OrchestratedStep",
     "PostgresSagaStore",
     "RecoveryProblem",
+    "Rejection",
     "Result",
     "SQLiteSagaStore",
     "SagaAction",
@@ -115,6 +122,7 @@ __all__ = [
     "SagaError",
     "SagaEvent",
     "SagaFailed",
+    "SagaFailure",
     "SagaLeaseError",
     "SagaManager",
     "SagaManagerProtocol",

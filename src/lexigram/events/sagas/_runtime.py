@@ -22,19 +22,16 @@ from typing import Any, Self
 from lexigram.events._bus import EventBusProtocol
 from lexigram.events._domain import DomainEvent
 from lexigram.events.sagas._engine.engine import Engine, StopReason
-from lexigram.events.sagas._engine.flow import Flow, align_cursor, check_resumable
+from lexigram.events.sagas._engine.flow import Flow
+from lexigram.events.sagas._engine.recovery import Recovery, RecoveryProblem
 from lexigram.events.sagas.codec import check_data
-from lexigram.events.sagas.config import SagaConfig
+from lexigram.events.sagas.config import SagaConfig, check_count
 from lexigram.events.sagas.errors import (
     ConcurrencyConflictError,
-    CorruptRecordError,
     SagaDataError,
     SagaDefinitionError,
     SagaError,
-    SagaLeaseError,
     SagaNotFoundError,
-    SagaStoreError,
-    SagaStoreUnavailableError,
     SagaTimeoutError,
 )
 from lexigram.events.sagas.store import InMemorySagaStore, SagaStore
@@ -47,8 +44,6 @@ logger = logging.getLogger(__name__)
 MAX_SAGA_ID_LENGTH = 200
 """Longest ``saga_id`` accepted by ``start()``."""
 
-_CLAIM_BATCH = 200
-
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
@@ -56,27 +51,6 @@ def _utc_now() -> datetime:
 
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-@dataclass(frozen=True, slots=True)
-class RecoveryProblem:
-    """A saga ``recover()`` found but could not resume (it was left untouched).
-
-    Attributes:
-        saga_id: The saga.
-        saga_name: Its recorded name.
-        error: Why: ``SagaNotFoundError`` when no saga of that name is registered,
-            ``SagaDefinitionError`` when the definition no longer matches its progress.
-    """
-
-    saga_id: str
-    saga_name: str
-    error: SagaError
-
-    @property
-    def reason(self) -> str:
-        """The error's message."""
-        return str(self.error)
 
 
 @dataclass(slots=True)
@@ -116,6 +90,8 @@ class SagaRuntime:
         worker_id: This worker's name in leases (host-pid-random when omitted). A worker
             restarted under the same name takes its earlier incarnation's sagas at once.
         clock: Returns the current UTC time (inject one in tests).
+        sleep: Awaited for every retry delay (``asyncio.sleep`` by default); pass
+            ``lexigram.events.sagas.testing.NoWaits()`` in tests to skip every wait.
     """
 
     def __init__(
@@ -126,6 +102,7 @@ class SagaRuntime:
         event_bus: EventBusProtocol | None = None,
         worker_id: str | None = None,
         clock: Callable[[], datetime] = _utc_now,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         if config is not None and not isinstance(config, SagaConfig):
             raise TypeError(f"config must be a SagaConfig, got {type(config).__name__}")
@@ -137,9 +114,10 @@ class SagaRuntime:
         self._clock = clock
         self._registry = _Registry()
         self._timeout_delta = timedelta(seconds=self._config.default_timeout_seconds)
-        self._lease_delta = timedelta(seconds=self._config.lease_seconds)
         self._subscriptions: list[_Subscription] = []
         self._starting: set[str] = set()  # ids whose start() is storing them right now
+        self._started = asyncio.Event()  # set whenever no start() is storing a saga
+        self._started.set()
         self._closed = False
         self._engine = Engine(
             self._store,
@@ -148,7 +126,9 @@ class SagaRuntime:
             worker_id=worker_id or _default_worker_id(),
             lease_id=uuid.uuid4().hex,
             clock=clock,
+            sleep=sleep,
         )
+        self._recovery = Recovery(self._engine, self._registry.flows)
         self.recovery_problems: builtins.list[RecoveryProblem] = []
         """What the last ``recover()`` found but left untouched (unknown or changed definitions)."""
 
@@ -222,12 +202,14 @@ class SagaRuntime:
         Raises:
             SagaNotFoundError: no saga is registered under ``name``.
             SagaDataError: ``data`` is not a JSON object, or ``saga_id`` is not a valid id.
-            SagaError: the manager is closed.
+            SagaError: the manager is closed (or closing).
         """
         self._check_open()
         flow = self._registry.flows.get(name) if isinstance(name, str) else None
         if flow is None:
             raise SagaNotFoundError.for_name(str(name))
+        if isinstance(data, Mapping) and not isinstance(data, dict):
+            data = dict(data)  # MappingProxyType, ChainMap...: what start() stores is a dict
         payload = check_data(data)
         if saga_id is None:
             saga_id = str(uuid.uuid4())
@@ -247,11 +229,13 @@ class SagaRuntime:
             metadata={"correlation_id": correlation_id or saga_id},
             deadline_at=now + self._timeout_delta,
             current_step=flow.entry,
-            lease_owner=self._engine.worker_id,
-            lease_id=self._engine.lease_id,
-            lease_expires_at=now + self._lease_delta,
         )
+        engine = self._engine
+        engine.lease.hold(record, engine.worker_id, engine.lease_id, now)
+        # close() waits for the starts in progress: a saga stored here is launched before
+        # the shutdown stops it, so none is left behind under this worker's lease.
         self._starting.add(saga_id)
+        self._started.clear()
         try:
             await self._store.save(record)
         except ConcurrencyConflictError:
@@ -259,7 +243,9 @@ class SagaRuntime:
             return saga_id
         finally:
             self._starting.discard(saga_id)
-        self._engine.launch(record, flow, deadline_in=self._config.default_timeout_seconds)
+            if not self._starting:
+                self._started.set()
+        engine.launch(record, flow, deadline_in=self._config.default_timeout_seconds)
         return saga_id
 
     async def _adopt(self, saga_id: str) -> None:
@@ -308,6 +294,8 @@ class SagaRuntime:
                             final = await waiter
                 except TimeoutError:
                     raise self._wait_timeout(saga_id, timeout) from None
+                finally:
+                    run.discard_waiter(waiter)  # a waiter that gave up holds nothing
                 if final is not None:
                     return final
             record = await self._store.load(saga_id)
@@ -355,7 +343,13 @@ class SagaRuntime:
         status: SagaStatus | None = None,
         limit: int = 100,
     ) -> builtins.list[SagaRecord]:
-        """Return up to ``limit`` sagas, newest first, optionally filtered."""
+        """Return up to ``limit`` sagas, newest first, optionally filtered.
+
+        Raises:
+            TypeError: ``limit`` is not an int.
+            ValueError: ``limit`` is negative, or ``status`` is not a saga status.
+        """
+        check_count("limit", limit, owner="list()")
         if status is not None:
             status = SagaStatus(status)
         return await self._store.list(saga_name=saga_name, status=status, limit=limit)
@@ -382,7 +376,7 @@ class SagaRuntime:
             raise SagaNotFoundError.for_id(saga_id)
         if record.is_terminal:
             return record
-        claimed, flow = await self._take_over(record)
+        claimed, flow = await self._recovery.take_over(record)
         self._engine.launch(claimed, flow, stop=(StopReason.CANCEL, reason))
         return await self.wait(saga_id)
 
@@ -402,46 +396,8 @@ class SagaRuntime:
             raise SagaNotFoundError.for_id(saga_id)
         if record.is_terminal:
             return
-        claimed, flow = await self._take_over(record)
+        claimed, flow = await self._recovery.take_over(record)
         self._engine.launch(claimed, flow)
-
-    def _resumable(self, record: SagaRecord) -> Flow:
-        """Return the flow ``record`` can resume under, or raise why it cannot."""
-        flow = self.flow(record.saga_name)
-        problem = check_resumable(flow, record)
-        if problem is not None:
-            raise SagaDefinitionError(
-                f"saga '{record.saga_id}' cannot resume: {problem}",
-                saga_name=record.saga_name,
-                saga_id=record.saga_id,
-            )
-        return flow
-
-    async def _take_over(self, record: SagaRecord) -> tuple[SagaRecord, Flow]:
-        """Check, claim and prepare one stored saga for a run in this worker."""
-        self._resumable(record)  # refuse before touching the stored saga
-        engine = self._engine
-        claimed = await self._store.claim(
-            engine.worker_id,
-            engine.lease_id,
-            lease_seconds=self._config.lease_seconds,
-            saga_names=[record.saga_name],
-            limit=1,
-            saga_id=record.saga_id,
-        )
-        if not claimed:
-            raise SagaLeaseError(
-                f"saga '{record.saga_id}' is held by worker '{record.lease_owner}'",
-                saga_id=record.saga_id,
-                owner=record.lease_owner,
-            )
-        try:
-            flow = self._resumable(claimed[0])  # it may have moved on since it was loaded
-        except SagaError:
-            await self._store.release(record.saga_id, engine.worker_id, engine.lease_id)
-            raise
-        align_cursor(flow, claimed[0])
-        return claimed[0], flow
 
     async def recover(self) -> int:
         """Claim and resume every non-terminal saga of a registered name no live worker holds.
@@ -451,83 +407,8 @@ class SagaRuntime:
         Returns how many sagas were resumed.
         """
         self._check_open()
-        engine = self._engine
-        names = builtins.list(self._registry.flows)
-        problems: builtins.list[RecoveryProblem] = []
-        refused: builtins.list[SagaRecord] = []
-        resumed = 0
-        while names:
-            batch = await self._claim_batch(names)
-            for record in batch:
-                try:
-                    flow = self._resumable(record)
-                except SagaDefinitionError as error:
-                    problems.append(RecoveryProblem(record.saga_id, record.saga_name, error))
-                    refused.append(record)
-                    continue
-                align_cursor(flow, record)
-                engine.launch(record, flow)
-                resumed += 1
-            if len(batch) < _CLAIM_BATCH:
-                break
-        for record in refused:  # released only now, so the loop above cannot claim them again
-            await self._store.release(record.saga_id, engine.worker_id, engine.lease_id)
-        problems += await self._unregistered_sagas()
-        for problem in problems:
-            logger.warning(
-                "recover(): saga %s (%s) left untouched: %s",
-                problem.saga_id,
-                problem.saga_name,
-                problem.reason,
-            )
-        self.recovery_problems = problems
+        resumed, self.recovery_problems = await self._recovery.recover()
         return resumed
-
-    async def _claim_batch(self, names: builtins.list[str]) -> builtins.list[SagaRecord]:
-        """Claim a batch, retrying while the store is unreachable (a few times)."""
-        engine = self._engine
-        delay = 0.1
-        for attempt in range(6):
-            try:
-                return await self._store.claim(
-                    engine.worker_id,
-                    engine.lease_id,
-                    lease_seconds=self._config.lease_seconds,
-                    saga_names=names,
-                    limit=_CLAIM_BATCH,
-                )
-            except SagaStoreUnavailableError:
-                if attempt == 5:
-                    raise
-                logger.warning("recover(): store unavailable; retrying in %.1fs", delay)
-                await asyncio.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _unregistered_sagas(self) -> builtins.list[RecoveryProblem]:
-        """List unfinished sagas of names not registered here (best effort, for reporting)."""
-        found: builtins.list[RecoveryProblem] = []
-        for status in (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING):
-            try:
-                records = await self._store.list(status=status, limit=1000)
-            except CorruptRecordError as error:
-                found.append(RecoveryProblem(error.saga_id or "?", "?", error))
-                continue
-            except SagaStoreError:
-                logger.warning(
-                    "recover(): could not list %s sagas to report", status, exc_info=True
-                )
-                continue
-            for record in records:
-                if record.saga_name not in self._registry.flows:
-                    found.append(
-                        RecoveryProblem(
-                            record.saga_id,
-                            record.saga_name,
-                            SagaNotFoundError.for_name(record.saga_name),
-                        )
-                    )
-        return found
 
     async def cleanup(self) -> int:
         """Delete terminal sagas older than ``cleanup_completed_after_hours``; return how many.
@@ -610,6 +491,7 @@ class SagaRuntime:
         if self._closed:
             return
         self._closed = True
+        await self._started.wait()  # starts already storing a saga launch it first
         for subscription in self._subscriptions:
             if self._bus is not None:
                 self._bus.unsubscribe(subscription.event_type, subscription.handler)

@@ -108,6 +108,11 @@ def compile_saga(
     """
     if not (isinstance(saga_class, type) and issubclass(saga_class, SagaBase)):
         raise TypeError(f"expected a SagaBase subclass, got {saga_class!r}")
+    if factory is not None and not callable(factory):
+        raise TypeError(
+            f"factory for saga class {saga_class.__name__} must be callable (it builds the "
+            f"instance used for one run), got {type(factory).__name__}"
+        )
     class_name = saga_class.__qualname__
     saga_name = getattr(saga_class, "name", "")
     if not isinstance(saga_name, str) or not saga_name.strip():

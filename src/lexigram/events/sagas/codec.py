@@ -7,32 +7,51 @@ fields, ``previous_owner``, ``recovery_attempts``) are read from those columns, 
 document is the truth for everything else. Decoding validates every field and raises
 ``CorruptRecordError`` naming the field, so a corrupt or foreign row is reported instead of
 half-read. Error messages never include context payloads, only keys and field names.
+
+What a store can hold is decided here, once, for every store: JSON objects with string keys
+at every depth, finite floats, integers JSON can print, and text that UTF-8 can encode (no
+lone surrogates). :func:`encode_record` refuses anything else with a ``SagaDataError``
+whose ``rejections`` name each value (a :class:`~lexigram.events.sagas.errors.Rejection`),
+so the engine can fail the step that produced them and keep everything else.
+
+Custom stores use this module as it is: ``encode_record``/``decode_record`` for a whole
+record as one document, or ``dump_record``/``load_record`` around their own JSON library.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from lexigram.events.sagas.errors import CorruptRecordError, SagaDataError
-from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepRecord, SagaStepStatus
+from lexigram.events.sagas.errors import CorruptRecordError, Rejection, SagaDataError
+from lexigram.events.sagas.types import (
+    FAILURE_KINDS,
+    SagaFailure,
+    SagaRecord,
+    SagaStatus,
+    SagaStepRecord,
+    SagaStepStatus,
+)
 
 __all__ = [
     "EPOCH",
     "FORMAT_VERSION",
+    "bad_keys",
     "check_data",
     "decode_record",
     "dump_record",
     "dumps_json",
     "encode_record",
+    "find_rejections",
     "format_time",
     "load_record",
     "loads_json",
     "parse_time",
+    "rejected",
+    "storable_json",
 ]
 
 FORMAT_VERSION = 1
@@ -117,10 +136,10 @@ def parse_time(value: object, field: str, saga_id: str | None = None) -> datetim
 
 
 def check_data(data: object, *, what: str = "data") -> dict[str, Any]:
-    """Validate that ``data`` is a JSON object and return a detached copy of it.
+    """Validate that ``data`` is a JSON object a store can hold; return a detached copy.
 
     Keys must be strings at every depth (JSON would silently turn others into strings, so a
-    value would not round-trip), values JSON values, floats finite.
+    value would not round-trip), values JSON values, floats finite, text valid UTF-8.
 
     Raises:
         SagaDataError: naming the offending top-level keys (never their values).
@@ -130,45 +149,88 @@ def check_data(data: object, *, what: str = "data") -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SagaDataError(f"saga {what} must be a dict, got {type(data).__name__}")
     try:
-        copied: dict[str, Any] | None = _loads(_dumps(data))
+        copied: dict[str, Any] | None = _loads(storable_json(data))
     except (TypeError, ValueError, RecursionError):
         copied = None
-    # JSON quietly turns non-str keys into strings; an unequal copy is the cheap sign of it
-    # (or of tuples, which are fine as arrays), and only then is the data walked.
-    if copied is None or copied != data:
-        bad = [
-            key for key, value in data.items() if not isinstance(key, str) or not _is_json(value)
-        ]
-        if bad or copied is None:
-            names = ", ".join(f"'{key}'" for key in bad)
-            raise SagaDataError(
-                f"saga {what} is not JSON-serialisable at key(s) {names or '(unknown)'}",
-                keys=bad,
-            )
+    if copied is None:
+        bad = bad_keys(data)
+        names = ", ".join(f"'{key}'" for key in bad)
+        raise SagaDataError(
+            f"saga {what} is not JSON-serialisable at key(s) {names or '(unknown)'}", keys=bad
+        )
     return copied
 
 
-def _is_json(value: object, depth: int = 0) -> bool:
-    if depth > 200:
-        return False
-    if value is None or isinstance(value, str | bool | int):
-        return True
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, list | tuple):
-        return all(_is_json(item, depth + 1) for item in value)
+def storable_json(value: object) -> str:
+    """Encode ``value`` as JSON text every store can hold, or raise.
+
+    Stricter than ``dumps_json``: keys must be strings at every depth (JSON would turn
+    others into strings, so the value would change shape), and the text must be valid
+    UTF-8 (no lone surrogates).
+
+    Raises:
+        TypeError: a value JSON cannot hold, or a key that is not a string.
+        ValueError: a non-finite float, an integer too long to print, or a lone surrogate.
+    """
+    text = _dumps(value)
+    if not _str_keys(value):
+        raise TypeError("JSON object keys must be strings")
+    if not text.isascii():  # O(1) in CPython: ASCII text, the common case, pays nothing
+        text.encode()  # UnicodeEncodeError (a ValueError) on a lone surrogate
+    return text
+
+
+_CONTAINERS = (dict, list, tuple)
+
+
+def _str_keys(value: object) -> bool:
+    """Whether every dict inside ``value`` has only ``str`` keys."""
     if isinstance(value, dict):
-        return all(
-            isinstance(key, str) and _is_json(item, depth + 1) for key, item in value.items()
-        )
-    return False
+        for key, item in value.items():
+            if type(key) is not str:
+                return False
+            if isinstance(item, _CONTAINERS) and not _str_keys(item):
+                return False
+    elif isinstance(value, list | tuple):
+        for item in value:
+            if isinstance(item, _CONTAINERS) and not _str_keys(item):
+                return False
+    return True
 
 
-def unserialisable_keys(data: dict[str, Any]) -> list[str]:
-    """Return the top-level keys of ``data`` whose values are not JSON values."""
+def _storable(value: object) -> bool:
+    try:
+        storable_json(value)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
+
+
+def bad_keys(data: dict[Any, Any]) -> list[str]:
+    """Return the top-level keys of ``data`` whose key or value a store cannot hold."""
     return [
-        str(key) for key, value in data.items() if not isinstance(key, str) or not _is_json(value)
+        str(key)
+        for key, value in data.items()
+        if type(key) is not str or not _storable(key) or not _storable(value)
     ]
+
+
+def find_rejections(record: SagaRecord) -> tuple[Rejection, ...]:
+    """Name every value of ``record`` a store cannot hold (empty when it can be stored).
+
+    The slow path, run only after encoding failed: each part is encoded on its own.
+    """
+    found = [Rejection("data", key) for key in bad_keys(record.data)]
+    found += [Rejection("metadata", key) for key in bad_keys(record.metadata)]
+    for name, step in record.steps.items():
+        if not _storable(step.output):
+            found.append(Rejection("output", name))
+        texts = [step.error, step.compensation_error, *step.attempt_errors]
+        if not all(text is None or (type(text) is str and _storable(text)) for text in texts):
+            found.append(Rejection("error", name))
+    if record.error is not None and not (type(record.error) is str and _storable(record.error)):
+        found.append(Rejection("error", ""))
+    return tuple(found)
 
 
 def _step_to_json(step: SagaStepRecord) -> dict[str, Any]:
@@ -213,31 +275,66 @@ def dump_record(record: SagaRecord) -> dict[str, Any]:
         "lease_expires_at": format_time(record.lease_expires_at),
         "previous_owner": record.previous_owner,
         "recovery_attempts": record.recovery_attempts,
+        "failure": _failure_to_json(record.failure),
     }
 
 
+def _failure_to_json(failure: SagaFailure | None) -> dict[str, Any] | None:
+    if failure is None:
+        return None
+    return {"kind": failure.kind, "step": failure.step, "message": failure.message}
+
+
+def _failure_from_json(raw: object, saga_id: str) -> SagaFailure | None:
+    if raw is None:  # also a document written before the field existed
+        return None
+    if (
+        not isinstance(raw, dict)
+        or raw.get("kind") not in FAILURE_KINDS
+        or not isinstance(raw.get("step"), str | None)
+        or not isinstance(raw.get("message"), str)
+    ):
+        raise CorruptRecordError(
+            "saga record field 'failure' is malformed", saga_id=saga_id, field="failure"
+        )
+    return SagaFailure(raw["kind"], raw["step"], raw["message"])
+
+
 def encode_record(record: SagaRecord) -> str:
-    """Return ``record`` as JSON text.
+    """Return ``record`` as JSON text that every store can hold (valid UTF-8).
 
     Raises:
-        SagaDataError: the context data or a step output holds a value JSON cannot store;
-            ``keys`` names the offending top-level data keys or ``step:<name>`` outputs.
+        SagaDataError: a value cannot be stored; ``rejections`` names each one (data or
+            metadata key, step output, error text), ``keys`` the data keys among them.
     """
     try:
-        return _dumps(dump_record(record))
+        text = _dumps(dump_record(record))
     except (TypeError, ValueError, RecursionError):
-        bad = unserialisable_keys(record.data)
-        bad += [
-            f"step:{name}"
-            for name, step in record.steps.items()
-            if not _is_json(step.output) or not _is_json(record.metadata)
-        ]
-        names = ", ".join(f"'{key}'" for key in bad) or "(metadata)"
-        raise SagaDataError(
-            f"saga '{record.saga_id}' cannot be stored: not JSON-serialisable at {names}",
-            keys=bad,
-            saga_id=record.saga_id,
-        ) from None
+        raise rejected(record) from None
+    # Only the parts user code fills can hold non-str keys; the rest is built here.
+    if not (
+        _str_keys(record.data)
+        and _str_keys(record.metadata)
+        and all(_str_keys(step.output) for step in record.steps.values())
+    ):
+        raise rejected(record)
+    if not text.isascii():  # O(1) in CPython: ASCII text, the common case, pays nothing
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise rejected(record) from None
+    return text
+
+
+def rejected(record: SagaRecord) -> SagaDataError:
+    """The ``SagaDataError`` for a record that failed to encode, naming every bad value."""
+    found = find_rejections(record)
+    names = ", ".join(str(item) for item in found) or "a field outside data and steps"
+    return SagaDataError(
+        f"saga '{record.saga_id}' cannot be stored: not JSON-serialisable at {names}",
+        rejections=found,
+        saga_id=record.saga_id,
+    )
 
 
 def _field(
@@ -348,6 +445,7 @@ def load_record(doc: object, *, saga_id: str | None = None) -> SagaRecord:
         lease_expires_at=parse_time(doc.get("lease_expires_at"), "lease_expires_at", own_id),
         previous_owner=_field(doc, "previous_owner", _OPT_STR, own_id),
         recovery_attempts=_field(doc, "recovery_attempts", int, own_id),
+        failure=_failure_from_json(doc.get("failure"), own_id),
     )
 
 

@@ -11,7 +11,11 @@ from dataclasses import dataclass, fields
 
 from lexigram.events.sagas.errors import NonRetryableError
 
-__all__ = ["DEFAULT_NON_RETRYABLE", "SagaConfig"]
+__all__ = ["DEFAULT_NON_RETRYABLE", "MAX_SECONDS", "SagaConfig"]
+
+MAX_SECONDS = 100 * 365.25 * 24 * 3600.0
+"""The longest duration any setting accepts: 100 years, in seconds. Longer values would
+overflow dates and timers later; they are refused when the setting is made."""
 
 DEFAULT_NON_RETRYABLE: tuple[type[BaseException], ...] = (
     NonRetryableError,
@@ -78,6 +82,11 @@ class SagaConfig:
         }
         for name in positive | non_negative:
             check_seconds(name, getattr(self, name), allow_zero=name in non_negative)
+        if self.cleanup_completed_after_hours * 3600 > MAX_SECONDS:
+            raise ValueError(
+                "SagaConfig.cleanup_completed_after_hours must be at most "
+                f"{MAX_SECONDS / 3600:g}, got {self.cleanup_completed_after_hours!r}"
+            )
         for name in ("max_retries_per_step", "max_recovery_attempts"):
             check_count(name, getattr(self, name))
         check_count("max_transitions", self.max_transitions, minimum=1)
@@ -106,6 +115,8 @@ class SagaConfig:
 def check_seconds(name: str, value: object, *, allow_zero: bool, owner: str = "SagaConfig") -> None:
     """Check that ``value`` is a finite number >= 0 (> 0 with ``allow_zero=False``).
 
+    At most :data:`MAX_SECONDS` (100 years), so that no date or timer overflows later.
+
     Raises:
         TypeError: not a number (naming ``owner.name``).
         ValueError: out of range (naming ``owner.name``).
@@ -114,6 +125,10 @@ def check_seconds(name: str, value: object, *, allow_zero: bool, owner: str = "S
         raise TypeError(f"{owner}.{name} must be a number, got {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"{owner}.{name} must be finite, got {value!r}")
+    if value > MAX_SECONDS:
+        raise ValueError(
+            f"{owner}.{name} must be at most {MAX_SECONDS:g} (100 years), got {value!r}"
+        )
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{owner}.{name} must be {bound}, got {value!r}")

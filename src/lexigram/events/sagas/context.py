@@ -90,8 +90,13 @@ class SagaStepResult:
     Attributes:
         success: Whether the step succeeded.
         output: The step's output (a JSON object), stored on its record.
-        error: Why the step failed.
+        error: Why the step failed: text (an exception given to ``fail()`` is stored as
+            ``"Type: message"``).
         retryable: Whether a failed result should be retried like a transient error.
+
+    Raises:
+        TypeError: ``error`` is neither text, an exception nor ``None`` (a number or a dict
+            would not be readable text in the saga's record).
     """
 
     success: bool
@@ -99,12 +104,36 @@ class SagaStepResult:
     error: str | None = None
     retryable: bool = False
 
+    def __post_init__(self) -> None:
+        error: object = self.error
+        if error is None or type(error) is str:
+            return
+        if isinstance(error, BaseException):
+            self.error = describe_error(error)
+        elif isinstance(error, str):
+            self.error = str.__str__(error)  # a str subclass: keep the text only
+        else:
+            raise TypeError(
+                "SagaStepResult error must be a str or an exception, got "
+                f"{type(error).__name__}; pass text such as fail('card declined')"
+            )
+
     @classmethod
     def Ok(cls, output: dict[str, Any] | None = None) -> Self:  # noqa: N802 - documented name
         """Return a success carrying ``output``."""
         return cls(success=True, output={} if output is None else output)
 
     @classmethod
-    def fail(cls, error: str, *, retryable: bool = False) -> Self:
-        """Return a failure; ``retryable=True`` retries it like a transient error."""
-        return cls(success=False, error=error, retryable=retryable)
+    def fail(cls, error: str | BaseException, *, retryable: bool = False) -> Self:
+        """Return a failure; ``retryable=True`` retries it like a transient error.
+
+        Raises:
+            TypeError: ``error`` is not text or an exception.
+        """
+        return cls(success=False, error=error, retryable=retryable)  # type: ignore[arg-type]
+
+
+def describe_error(exc: BaseException) -> str:
+    """Render an exception as ``Type: message`` for a step record."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

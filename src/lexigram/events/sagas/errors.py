@@ -23,12 +23,15 @@ act on them without parsing messages. Messages never contain context payloads.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 __all__ = [
     "CompensationFailedError",
     "ConcurrencyConflictError",
     "CorruptRecordError",
     "NonRetryableError",
+    "Rejection",
     "SagaDataError",
     "SagaDefinitionError",
     "SagaError",
@@ -100,19 +103,54 @@ class SagaNotFoundError(SagaError, KeyError):
         return cls(f"No saga with id '{saga_id}' in the store", saga_id=saga_id)
 
 
-class SagaDataError(SagaError, TypeError):
-    """Saga context data is not a JSON object of JSON values.
+RejectionKind = Literal["data", "metadata", "output", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One value a store cannot hold, and where it is.
 
     Attributes:
-        keys: The top-level keys whose values could not be stored (empty when the data as
-            a whole is wrong, e.g. not a dict).
+        kind: ``"data"`` (a top-level key of the context data), ``"metadata"`` (a key of
+            the context metadata), ``"output"`` (a step's output) or ``"error"`` (a step's
+            or the saga's error text; ``key`` is ``""`` for the saga's own).
+        key: The data or metadata key, or the step name.
+    """
+
+    kind: RejectionKind
+    key: str
+
+    def __str__(self) -> str:
+        if self.kind in ("data", "metadata"):
+            return f"{self.kind} key '{self.key}'"
+        if not self.key:
+            return "the saga's error"
+        return f"{self.kind} of step '{self.key}'"
+
+
+class SagaDataError(SagaError, TypeError):
+    """A value is not JSON a store can hold (context data, metadata, an output, an error).
+
+    Attributes:
+        keys: The top-level data keys whose values could not be stored (empty when the data
+            as a whole is wrong, e.g. not a dict).
+        rejections: Every rejected value, typed: what it is and its key (see
+            :class:`Rejection`).
     """
 
     def __init__(
-        self, message: str, *, keys: Sequence[str] = (), saga_id: str | None = None
+        self,
+        message: str,
+        *,
+        keys: Sequence[str] = (),
+        rejections: Sequence[Rejection] = (),
+        saga_id: str | None = None,
     ) -> None:
         super().__init__(message, saga_id=saga_id)
+        if not keys:
+            keys = [item.key for item in rejections if item.kind == "data"]
         self.keys = tuple(keys)
+        self.rejections = tuple(rejections)
 
 
 class SagaTimeoutError(SagaError, TimeoutError):

@@ -18,10 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal, get_args
 
 __all__ = [
+    "FAILURE_KINDS",
     "TERMINAL_SAGA_STATUSES",
+    "FailureKind",
+    "SagaFailure",
     "SagaRecord",
     "SagaStatus",
     "SagaStepRecord",
@@ -107,6 +110,69 @@ def can_transition_step(current: SagaStepStatus, new: SagaStepStatus) -> bool:
     return current == new or new in _STEP_TRANSITIONS[current]
 
 
+def move_saga(record: SagaRecord, new: SagaStatus) -> None:
+    """Set ``record.status`` to ``new``, checking the transition table.
+
+    Every status change the engine makes goes through here.
+
+    Raises:
+        ValueError: the table does not allow the move (a bug, never a user error).
+    """
+    current = record.status
+    if current is not new and new not in _SAGA_TRANSITIONS[current]:
+        raise ValueError(f"saga '{record.saga_id}' cannot move from {current.value} to {new.value}")
+    record.status = new
+
+
+def move_step(step: SagaStepRecord, new: SagaStepStatus) -> None:
+    """Set ``step.status`` to ``new``, checking the transition table.
+
+    Raises:
+        ValueError: the table does not allow the move (a bug, never a user error).
+    """
+    current = step.status
+    if current is not new and new not in _STEP_TRANSITIONS[current]:
+        raise ValueError(f"step '{step.step_name}' cannot move from {current.value} to {new.value}")
+    step.status = new
+
+
+FailureKind = Literal[
+    "step_failed",
+    "step_error",
+    "timeout",
+    "deadline",
+    "cancelled",
+    "crash_loop",
+    "transition",
+    "compensation_failed",
+]
+"""Why a saga did not complete; see :class:`SagaFailure`."""
+
+FAILURE_KINDS: frozenset[str] = frozenset(get_args(FailureKind))
+"""Every :data:`FailureKind`."""
+
+
+@dataclass(frozen=True, slots=True)
+class SagaFailure:
+    """Why a saga did not complete, as data (``record.failure``): never parse ``error``.
+
+    Attributes:
+        kind: ``"step_failed"`` (a step returned a failure), ``"step_error"`` (a step
+            raised, or stored a value no store can hold), ``"timeout"`` (a step's last
+            attempt timed out), ``"deadline"`` (the saga's deadline passed),
+            ``"cancelled"`` (``cancel()``), ``"crash_loop"`` (the saga kept crashing its
+            worker), ``"transition"`` (an orchestrated transition failed, or the flow
+            exceeded ``max_transitions``), ``"compensation_failed"`` (a compensation gave
+            up: the saga ended ``FAILED``).
+        step: The step concerned, when there is one.
+        message: A readable account (the same text as ``record.error``).
+    """
+
+    kind: FailureKind
+    step: str | None
+    message: str
+
+
 @dataclass(slots=True)
 class SagaStepRecord:
     """The stored state of one step of one saga.
@@ -170,6 +236,8 @@ class SagaRecord:
         lease_expires_at: When the owner's lease ends unless renewed.
         previous_owner: The lease owner before the last takeover by ``recover()``.
         recovery_attempts: Takeovers from crashed workers since the saga last made progress.
+        failure: Why the saga did not complete, as data (``None`` while it may still, and
+            when it did).
     """
 
     saga_id: str
@@ -191,6 +259,7 @@ class SagaRecord:
     lease_expires_at: datetime | None = None
     previous_owner: str | None = None
     recovery_attempts: int = 0
+    failure: SagaFailure | None = None
 
     @property
     def is_terminal(self) -> bool:

@@ -1,9 +1,9 @@
 """The one execution engine: runs a compiled flow for one saga, from any persistence point.
 
-Both front-ends hand the engine a :class:`~lexigram.events.sagas._engine.flow.Flow` and a stored
-record; the engine does the rest: steps and parallel groups, conditional transitions,
-retries with backoff, per-attempt timeouts, the saga deadline, persistence points,
-compensation, cancellation, shutdown, leases and lifecycle events.
+Both front-ends hand the engine a :class:`~lexigram.events.sagas._engine.flow.Flow` and a
+stored record; the engine does the rest: steps and parallel groups, conditional
+transitions, retries with backoff, per-attempt timeouts, the saga deadline, persistence
+points, compensation (``compensation.py``), cancellation, shutdown, leases and events.
 
 Persistence points (each one ``store.save``, i.e. one durable write):
 
@@ -16,7 +16,8 @@ Persistence points (each one ``store.save``, i.e. one durable write):
 
 A 3-step saga that completes therefore costs 4 writes. Nothing is written before a step
 starts: after a crash the step after the last durable point is the one that was in flight,
-and it runs again (steps are at-least-once).
+and it runs again (steps are at-least-once). Events are published only once the state
+they announce is durable (``SagaStarted`` with the first write after the run began).
 
 How a run is stopped: ``SagaRun.stop(reason)`` records the reason and cancels the tasks
 that are awaiting user code (a step, a compensation, a retry delay) at that moment; code
@@ -31,25 +32,33 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 from lexigram.events._bus import EventBusProtocol
 from lexigram.events.sagas import events as ev
+from lexigram.events.sagas._engine.attempt import attempt_once
+from lexigram.events.sagas._engine.backoff import retry_backoff
+from lexigram.events.sagas._engine.compensation import Compensation, poison_message
 from lexigram.events.sagas._engine.deadlines import DeadlineTimer
-from lexigram.events.sagas._engine.flow import Flow, FlowStep, RetryPolicy, StepCallable
-from lexigram.events.sagas._engine.rules import describe_error, interpret_result, retry_delay
-from lexigram.events.sagas._engine.run import Interrupted, SagaRun, StopReason
-from lexigram.events.sagas._engine.writer import RecordWriter
+from lexigram.events.sagas._engine.flow import Flow, FlowStep
+from lexigram.events.sagas._engine.rules import describe_error, idempotency_key
+from lexigram.events.sagas._engine.run import BROKEN, Interrupted, SagaRun, StopReason
+from lexigram.events.sagas._engine.writer import RecordWriter, describe_rejections
+from lexigram.events.sagas._leases import LeasePolicy
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import SagaContext
+from lexigram.events.sagas.errors import SagaError
 from lexigram.events.sagas.store import SagaStore
 from lexigram.events.sagas.types import (
+    SagaFailure,
     SagaRecord,
     SagaStatus,
     SagaStepRecord,
     SagaStepStatus,
+    move_saga,
+    move_step,
 )
 
 __all__ = ["Engine", "SagaRun", "StopReason"]
@@ -61,7 +70,7 @@ _COMPLETED = SagaStepStatus.COMPLETED
 _FAILED = SagaStepStatus.FAILED
 
 
-class Engine:
+class Engine(Compensation):
     """Runs flows against a store. Owned by one manager or orchestrator (one worker)."""
 
     def __init__(
@@ -74,6 +83,7 @@ class Engine:
         lease_id: str,
         clock: Callable[[], datetime],
         rand: Callable[[], float] = random.random,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         self.store = store
         self.config = config
@@ -82,8 +92,13 @@ class Engine:
         self.lease_id = lease_id
         self.clock = clock
         self.rand = rand
+        self.sleep = sleep
+        self.lease = LeasePolicy(config.lease_seconds)
         self.runs: dict[str, SagaRun] = {}
-        self._writer = RecordWriter(store, config, clock)
+        self.closed = False
+        self._writer = RecordWriter(
+            store, config, clock, self.lease, sleep=sleep, publish=self._emit
+        )
         self._heartbeat: asyncio.Task[None] | None = None
         self._deadlines = DeadlineTimer(StopReason.DEADLINE, "saga deadline passed")
 
@@ -101,9 +116,14 @@ class Engine:
 
         ``deadline_in`` spares reading the clock when the caller knows how far away the
         saga's deadline is (a saga just started).
+
+        Raises:
+            SagaError: the engine is closed (its worker is shutting down).
         """
+        if self.closed:
+            raise SagaError("this saga manager is closed", saga_id=record.saga_id)
         loop = asyncio.get_running_loop()
-        run = SagaRun(record, flow)
+        run = SagaRun(record, flow, self.worker_id)
         if stop is not None:
             run.stop(*stop)
         self.runs[record.saga_id] = run
@@ -122,74 +142,98 @@ class Engine:
         # such as SystemExit): like a dead process, it leaves the lease to expire.
         release = False
         try:
-            run.instance = run.flow.make_instance()
             # Driving the run is written out here rather than in a helper coroutine: a
             # suspended saga keeps one frame less alive (memory per saga in flight).
+            broken = self._build_instance(run)
             poisoned = record.recovery_attempts > self.config.max_recovery_attempts
             if record.status is SagaStatus.COMPENSATING:
                 await self._compensate(run, poisoned=poisoned)
                 return
             if record.status is SagaStatus.PENDING:
-                record.status = SagaStatus.RUNNING
-                if self.bus is not None:
-                    await self._publish(run, ev.SagaStarted)
-            error: str | None
+                move_saga(record, SagaStatus.RUNNING)
+                self._queue(run, ev.SagaStarted)
+            failure: SagaFailure | None
             try:
-                if poisoned:
-                    error = self._poison_message(record)
-                    self._fail_in_flight(run, error)
-                    error = f"step '{record.current_step}' failed: {error}"
+                if broken is not None:
+                    failure = broken
+                elif poisoned:
+                    message = poison_message(record)
+                    self._fail_in_flight(run, message)
+                    name = record.current_step
+                    failure = SagaFailure("crash_loop", name, f"step '{name}' failed: {message}")
                 else:
-                    error = await self._forward(run)
-                    if error is None:
+                    failure = await self._forward(run)
+                    if failure is None:
                         return
             except Interrupted as stop:
                 if stop.reason.is_hard:
                     raise
-                error = self._stop_error(run)
-                self._fail_in_flight(run, error)
-            await self._begin_compensation(run, error)
+                failure = self._stop_failure(run)
+                self._fail_in_flight(run, failure.message)
+            await self._begin_compensation(run, failure)
         except Interrupted as stop:
-            logger.info("saga %s stopped (%s); it stays resumable", record.saga_id, stop.reason)
+            logger.info(
+                "saga %s stopped (%s); it stays resumable",
+                record.saga_id,
+                stop.reason.value,
+                extra=run.log_extra(),
+            )
             release = stop.reason is not StopReason.LEASE_LOST
         except asyncio.CancelledError:
-            logger.info("saga %s task cancelled; it stays resumable", record.saga_id)
+            logger.info(
+                "saga %s task cancelled; it stays resumable", record.saga_id, extra=run.log_extra()
+            )
             release = True
             raise
         except Exception:
-            # An engine, store or factory failure, never a step failure: leave the saga as
-            # stored so any worker can recover it, and say why.
-            logger.exception("saga %s could not continue; it stays resumable", record.saga_id)
+            # An engine or store failure, never a step failure: leave the saga as stored
+            # so any worker can recover it, and say why.
+            logger.exception(
+                "saga %s could not continue; it stays resumable",
+                record.saga_id,
+                extra=run.log_extra(),
+            )
             release = True
         finally:
             del self.runs[record.saga_id]
             if release and not run.finished:
-                await self._release(record)
+                await self._release(run)
             run.finish(None)
             if record.deadline_at is not None:
                 self._deadlines.finished()
 
-    async def _release(self, record: SagaRecord) -> None:
+    def _build_instance(self, run: SagaRun) -> SagaFailure | None:
+        """Build the saga object for this run; a factory that raises fails the saga."""
         try:
-            await self.store.release(record.saga_id, self.worker_id, self.lease_id)
+            run.instance = run.flow.make_instance()
+        except Exception as exc:
+            run.instance = BROKEN
+            message = f"the saga could not be built: its factory raised {describe_error(exc)}"
+            logger.exception("saga %s: %s", run.record.saga_id, message, extra=run.log_extra())
+            return SagaFailure("step_error", None, message)
+        return None
+
+    async def _release(self, run: SagaRun) -> None:
+        try:
+            await self.store.release(run.record.saga_id, self.worker_id, self.lease_id)
         except Exception:
-            logger.warning("could not release lease of saga %s", record.saga_id, exc_info=True)
+            logger.warning(
+                "could not release lease of saga %s",
+                run.record.saga_id,
+                exc_info=True,
+                extra=run.log_extra(),
+            )
 
     # ------------------------------------------------------------------ driving a run
 
-    @staticmethod
-    def _poison_message(record: SagaRecord) -> str:
-        return (
-            "the saga kept crashing its worker: taken over "
-            f"{record.recovery_attempts} times without progress"
-        )
-
-    def _stop_error(self, run: SagaRun) -> str:
+    def _stop_failure(self, run: SagaRun) -> SagaFailure:
+        step = run.record.current_step
         if run.stop_reason is StopReason.DEADLINE:
-            return (
+            message = (
                 f"saga timed out: its deadline of {self.config.default_timeout_seconds:g}s passed"
             )
-        return f"saga cancelled: {run.stop_message or 'cancelled'}"
+            return SagaFailure("deadline", step, message)
+        return SagaFailure("cancelled", step, f"saga cancelled: {run.stop_message or 'cancelled'}")
 
     def _fail_in_flight(self, run: SagaRun, error: str) -> None:
         """Mark the steps that were running (or about to run) as failed with ``error``."""
@@ -200,12 +244,12 @@ class Engine:
             if step is None or step.status is not _COMPLETED:
                 self._record_failure(run, run.flow.steps[name], error)
         for step in running:
-            step.status = _FAILED
+            move_step(step, _FAILED)
             step.error = error
             step.completed_at = self.clock()
 
-    async def _forward(self, run: SagaRun) -> str | None:
-        """Run steps from ``current_step``; return ``None`` when completed, else the error."""
+    async def _forward(self, run: SagaRun) -> SagaFailure | None:
+        """Run steps from ``current_step``; return ``None`` when completed, else why not."""
         record = run.record
         flow = run.flow
         task = run.task
@@ -214,44 +258,43 @@ class Engine:
         while True:
             name = record.current_step
             if name is None:  # every step done; only the terminal write was missing
-                await self._finish(run, SagaStatus.COMPLETED, None)
+                await self._finish(run, SagaStatus.COMPLETED)
                 return None
             run.checkpoint(forward=True)
             node = flow.steps[name]
             if record.transitions >= max_transitions:
                 # The step is not entered: an earlier, completed visit of it stays
                 # completed and is compensated like any other.
-                return (
+                return SagaFailure(
+                    "transition",
+                    name,
                     f"the flow exceeded max_transitions ({max_transitions}) "
-                    f"before entering step '{name}'"
+                    f"before entering step '{name}'",
                 )
             record.transitions += 1
             if node.is_group:
-                ok, error = await self._run_group(run, node, run.ctx, task)
+                failure = await self._run_group(run, node, run.ctx, task)
             else:
-                ok, error = await self._run_step(run, node, run.ctx, task)
-            if ok:
-                nxt, error = self._next_step(run, node)
-                if error:
+                failure = await self._run_step(run, node, run.ctx, task)
+            if failure is None:
+                nxt, problem = self._next_step(run, node)
+                if problem:
                     # The step's action completed (it stays COMPLETED and is compensated);
                     # the flow cannot go on from it.
-                    failure = error
+                    failure = SagaFailure("transition", name, problem)
                 else:
                     record.current_step = nxt
-                    if nxt is None:
-                        self._set_terminal(record, SagaStatus.COMPLETED, None)
-                    if await self._commit_step(run, node, terminal=nxt is None):
+                    finish = SagaStatus.COMPLETED if nxt is None else None
+                    failure = await self._commit_step(run, node, finish)
+                    if failure is None:
                         if nxt is None:
                             await self._announce(run)
                             return None
                         continue
                     record.current_step = name
-                    failure = f"step '{name}' failed: {record.steps[name].error or ''}"
-            else:
-                failure = f"step '{name}' failed: {error}"
             if node.on_failure is not None:
                 record.current_step = node.on_failure
-                await self._writer.save(run)
+                await self._save_noting(run, name)
                 continue
             return failure
 
@@ -279,7 +322,7 @@ class Engine:
         step = run.record.steps.get(node.name)
         if step is None:
             step = run.record.steps[node.name] = SagaStepRecord(node.name, parent=node.parent)
-        step.status = _FAILED
+        move_step(step, _FAILED)
         step.error = error
         step.completion_seq = None
         step.completed_at = self.clock()
@@ -292,6 +335,7 @@ class Engine:
         if step is None:
             step = record.steps[node.name] = SagaStepRecord(node.name, parent=node.parent)
         if step.status is not _RUNNING or step.visits == 0:
+            move_step(step, _RUNNING)
             step.visits += 1
             step.attempts = 0
             step.attempt_errors = []
@@ -299,110 +343,79 @@ class Engine:
             step.completion_seq = None
             step.completed_at = None
             step.started_at = self.clock()
-            step.status = _RUNNING
         return step
 
     async def _run_step(
         self, run: SagaRun, node: FlowStep, ctx: SagaContext, task: asyncio.Task[Any]
-    ) -> tuple[bool, str]:
-        """Attempt one step until it succeeds, fails for good, or the run is stopped."""
+    ) -> SagaFailure | None:
+        """Attempt one step until it succeeds (``None``), fails for good, or is stopped."""
         step = self._enter(run, node)
         policy = node.policy
         name = node.name
         ctx.step_name = name
         ctx.compensating = False
-        key = f"{run.record.saga_id}:{name}"
-        ctx.idempotency_key = key if step.visits == 1 else f"{key}:{step.visits}"
+        ctx.idempotency_key = idempotency_key(
+            run.record.saga_id, name, step.visits, compensation=False
+        )
         action = node.action
         assert action is not None  # validated at definition time
+        non_retryable = self.config.non_retryable_exceptions
         while True:
             attempt = step.attempts + 1
             ctx.attempt = attempt
-            ok, output, error, retryable = await self._attempt(
-                run, action, ctx, policy, name, task, forward=True
+            outcome = await attempt_once(
+                run, action, ctx, policy, task, non_retryable, forward=True
             )
             step.attempts = attempt
-            if ok:
-                step.status = _COMPLETED
-                step.output = output
+            if outcome.ok:
+                move_step(step, _COMPLETED)
+                step.output = outcome.output
                 step.completed_at = self.clock()
                 step.completion_seq = run.seq
                 run.seq += 1
-                ctx.step_results[name] = output
-                return True, ""
+                ctx.step_results[name] = outcome.output
+                return None
+            error = outcome.error
+            kind = outcome.kind or "step_error"
             step.attempt_errors.append(error)
             step.error = error
-            will_retry = retryable and attempt <= policy.max_retries
-            await self._publish(
-                run, ev.SagaStepFailed, name, attempt=attempt, error=error, will_retry=will_retry
+            if outcome.retryable and attempt <= policy.max_retries:
+                self._queue(
+                    run, ev.SagaStepFailed, name, attempt=attempt, error=error, will_retry=True
+                )
+                refused = await self._writer.save(run)
+                if not refused:
+                    delay = retry_backoff(policy.retry_delay, self.config).delay(attempt, self.rand)
+                    await self._pause(run, delay, task, forward=True)
+                    continue
+                if self.bus is not None:
+                    run.outbox.pop()  # it will not be retried after all
+                error = step.error = self._refused_error(name, refused)
+                kind = "step_error"
+            self._queue(
+                run, ev.SagaStepFailed, name, attempt=attempt, error=error, will_retry=False
             )
-            if not will_retry:
-                step.status = _FAILED
-                step.completed_at = self.clock()
-                return False, error
-            await self._writer.save(run)
-            delay = retry_delay(attempt, policy, self.config, self.rand)
-            await self._pause(run, delay, task, forward=True)
+            move_step(step, _FAILED)
+            step.completed_at = self.clock()
+            return SagaFailure(kind, name, f"step '{name}' failed: {error}")
 
-    async def _attempt(
-        self,
-        run: SagaRun,
-        func: StepCallable,
-        ctx: SagaContext,
-        policy: RetryPolicy,
-        name: str,
-        task: asyncio.Task[Any],
-        *,
-        forward: bool,
-    ) -> tuple[bool, dict[str, Any], str, bool]:
-        """Run one attempt of a step or compensation: ``(ok, output, error, retryable)``.
-
-        The user code is awaited right here (no task, no wrapper coroutine: this is the hot
-        path), registered so that ``SagaRun.stop`` can interrupt it.
-        """
-        run.checkpoint(forward=forward)
-        timeout = policy.timeout
-        in_user_code = run.in_user_code
-        in_user_code[task] = forward
-        try:
-            if timeout is None:
-                raw = await func(run.instance, ctx)
-            else:
-                async with asyncio.timeout(timeout):
-                    try:
-                        raw = await func(run.instance, ctx)
-                    except TimeoutError as own:  # raised by the step, not by our timeout
-                        raise _StepTimeoutError(describe_error(own)) from own
-        except asyncio.CancelledError:
-            if run.owns_cancel(task):
-                raise Interrupted(run.stop_reason or StopReason.SHUTDOWN) from None
-            raise
-        except _StepTimeoutError as exc:
-            return False, {}, str(exc), True
-        except TimeoutError as exc:
-            if timeout is None:  # the step's own TimeoutError: a transient failure
-                return False, {}, describe_error(exc), True
-            error = f"SagaTimeoutError: step '{name}' attempt timed out after {timeout:g}s"
-            return False, {}, error, True
-        except Exception as exc:
-            retryable = not isinstance(exc, self.config.non_retryable_exceptions)
-            return False, {}, describe_error(exc), retryable
-        finally:
-            del in_user_code[task]
-        if run.cancelled_tasks and task in run.cancelled_tasks:
-            await run.absorb_late_cancel(task)
-        return interpret_result(raw, name)
+    @staticmethod
+    def _refused_error(name: str, refused: tuple[Any, ...]) -> str:
+        return (
+            f"SagaDataError: step '{name}' stored values no store can hold: "
+            f"{describe_rejections(refused)}"
+        )
 
     async def _pause(
         self, run: SagaRun, seconds: float, task: asyncio.Task[Any], *, forward: bool
     ) -> None:
         if seconds > 0:
-            await run.call_user(asyncio.sleep(seconds), task, forward=forward)
+            await run.call_user(self.sleep(seconds), task, forward=forward)
         run.checkpoint(forward=forward)
 
     async def _run_group(
         self, run: SagaRun, node: FlowStep, ctx: SagaContext, task: asyncio.Task[Any]
-    ) -> tuple[bool, str]:
+    ) -> SagaFailure | None:
         """Run a parallel group's unfinished children concurrently; wait for all of them."""
         group = self._enter(run, node)
         steps = run.record.steps
@@ -417,182 +430,80 @@ class Engine:
         ]
         run.save_lock()  # children save concurrently from here on
         stops: list[StopReason] = []
+        failures: dict[str, SagaFailure] = {}
         async with asyncio.TaskGroup() as tasks:
             for child in pending:
-                tasks.create_task(self._run_child(run, child, ctx.for_step(child.name), stops))
+                tasks.create_task(
+                    self._run_child(run, child, ctx.for_step(child.name), stops, failures)
+                )
         if stops:
             raise Interrupted(next((r for r in stops if r.is_hard), stops[0]))
         failed = [
             child.name for child in node.children if steps[child.name].status is not _COMPLETED
         ]
         if failed:
-            group.status = _FAILED
+            move_step(group, _FAILED)
             group.error = "parallel step(s) failed: " + "; ".join(
                 f"'{name}': {steps[name].error}" for name in failed
             )
             group.completed_at = self.clock()
-            return False, group.error
+            first = failures.get(failed[0])
+            kind = first.kind if first is not None else "step_failed"
+            return SagaFailure(kind, node.name, f"step '{node.name}' failed: {group.error}")
         output: dict[str, Any] = {}
         for child in node.children:
             output.update(steps[child.name].output)
-        group.status = _COMPLETED
+        move_step(group, _COMPLETED)
         group.output = output
         group.completed_at = self.clock()
         group.completion_seq = run.seq
         run.seq += 1
         ctx.step_results[node.name] = output
-        return True, ""
+        return None
 
     async def _run_child(
-        self, run: SagaRun, child: FlowStep, ctx: SagaContext, stops: list[StopReason]
+        self,
+        run: SagaRun,
+        child: FlowStep,
+        ctx: SagaContext,
+        stops: list[StopReason],
+        failures: dict[str, SagaFailure],
     ) -> None:
         """Run one child of a group; report a stop instead of raising (siblings go on)."""
         task = asyncio.current_task()
         assert task is not None  # children run in TaskGroup tasks
         try:
             if child.is_group:
-                ok, _ = await self._run_group(run, child, ctx, task)
+                failure = await self._run_group(run, child, ctx, task)
             else:
-                ok, _ = await self._run_step(run, child, ctx, task)
-            if ok:
-                await self._commit_step(run, child, terminal=False)
+                failure = await self._run_step(run, child, ctx, task)
+            if failure is None:
+                failure = await self._commit_step(run, child, None)
+            if failure is not None:
+                failures[child.name] = failure
         except Interrupted as stop:
             stops.append(stop.reason)
 
-    async def _commit_step(self, run: SagaRun, node: FlowStep, *, terminal: bool) -> bool:
-        """Persist a step's completion; an output or context JSON cannot hold fails the step."""
-        rejected = await self._writer.save(run, terminal=terminal, commit=True)
-        if not rejected:
+    async def _commit_step(
+        self, run: SagaRun, node: FlowStep, finish: SagaStatus | None
+    ) -> SagaFailure | None:
+        """Persist a step's completion; a value no store can hold fails the step instead."""
+        refused = await self._writer.save(run, finish=finish)
+        if not refused:
             if self.bus is not None:
                 await self._publish(run, ev.SagaStepCompleted, node.name, attempt=run.ctx.attempt)
-            return True
-        if terminal:
-            run.record.status = SagaStatus.RUNNING
-            run.record.completed_at = None
-        keys = ", ".join(f"'{key}'" for key in rejected)
-        self._record_failure(
+            return None
+        error = self._refused_error(node.name, refused)
+        self._record_failure(run, node, error)
+        self._queue(
             run,
-            node,
-            f"SagaDataError: step '{node.name}' stored a value that is not JSON-serialisable "
-            f"at {keys}",
+            ev.SagaStepFailed,
+            node.name,
+            attempt=run.ctx.attempt,
+            error=error,
+            will_retry=False,
         )
-        return False
-
-    # ------------------------------------------------------------------ compensation
-
-    async def _begin_compensation(self, run: SagaRun, error: str) -> None:
-        record = run.record
-        record.error = error
-        record.current_step = None
-        if not self.config.enable_compensation:
-            await self._finish(run, SagaStatus.FAILED, error)
-            return
-        if not self._to_compensate(run):
-            await self._finish(run, SagaStatus.COMPENSATED, error)
-            return
-        record.status = SagaStatus.COMPENSATING
-        await self._writer.save(run)
-        await self._publish(run, ev.SagaCompensating, error=error)
-        await self._compensate(run, poisoned=False)
-
-    def _to_compensate(self, run: SagaRun) -> list[SagaStepRecord]:
-        """Completed steps that have a compensation, latest completion first."""
-        flow_steps = run.flow.steps
-        todo = [
-            step
-            for step in run.record.steps.values()
-            if step.status in (_COMPLETED, SagaStepStatus.COMPENSATING)
-            and step.step_name in flow_steps
-            and flow_steps[step.step_name].compensation is not None
-        ]
-        todo.sort(key=lambda step: step.completion_seq or 0, reverse=True)
-        return todo
-
-    async def _compensate(self, run: SagaRun, *, poisoned: bool) -> None:
-        record = run.record
-        todo = self._to_compensate(run)
-        for index, step in enumerate(todo):
-            if poisoned and index == 0:
-                step.status = _FAILED
-                step.compensation_error = self._poison_message(record)
-            else:
-                await self._run_compensation(run, run.flow.steps[step.step_name], step)
-            last = index + 1 == len(todo)
-            if last:
-                self._set_terminal(record, *self._compensation_outcome(record))
-            await self._writer.save(run, terminal=last)
-            if step.status is SagaStepStatus.COMPENSATED:
-                await self._publish(run, ev.SagaStepCompensated, step.step_name)
-        if not todo:
-            await self._finish(run, *self._compensation_outcome(record))
-        else:
-            await self._announce(run)
-
-    @staticmethod
-    def _compensation_outcome(record: SagaRecord) -> tuple[SagaStatus, str]:
-        failed = [
-            step.step_name
-            for step in record.steps.values()
-            if step.status is _FAILED and step.compensation_error is not None
-        ]
-        cause = record.error or "saga failed"
-        if not failed:
-            return SagaStatus.COMPENSATED, cause
-        names = ", ".join(f"'{name}'" for name in failed)
-        return SagaStatus.FAILED, f"compensation failed for step(s) {names}; cause: {cause}"
-
-    async def _run_compensation(self, run: SagaRun, node: FlowStep, step: SagaStepRecord) -> None:
-        """Attempt a compensation (retried on any failure), shielded from cancel requests."""
-        func = node.compensation
-        assert func is not None  # filtered by _to_compensate
-        policy = node.compensation_policy
-        ctx = run.ctx
-        ctx.step_name = node.name
-        ctx.compensating = True
-        key = f"{run.record.saga_id}:{node.name}:compensate"
-        ctx.idempotency_key = key if step.visits <= 1 else f"{key}:{step.visits}"
-        step.status = SagaStepStatus.COMPENSATING
-        task = run.task
-        assert task is not None  # set when the run's task starts
-        while True:
-            attempt = step.compensation_attempts + 1
-            ctx.attempt = attempt
-            ok, _, error, _ = await self._attempt(
-                run, func, ctx, policy, node.name, task, forward=False
-            )
-            step.compensation_attempts = attempt
-            if ok:
-                step.status = SagaStepStatus.COMPENSATED
-                step.compensated_at = self.clock()
-                step.compensation_error = None
-                return
-            step.compensation_error = error
-            if attempt > policy.max_retries:
-                step.status = _FAILED
-                logger.warning(
-                    "saga %s: compensation of step '%s' gave up after %d attempts",
-                    run.record.saga_id,
-                    node.name,
-                    attempt,
-                )
-                return
-            await self._writer.save(run)
-            delay = retry_delay(attempt, policy, self.config, self.rand)
-            await self._pause(run, delay, task, forward=False)
-
-    # ------------------------------------------------------------------ persistence
-
-    def _set_terminal(self, record: SagaRecord, status: SagaStatus, error: str | None) -> None:
-        record.status = status
-        record.error = error
-        record.current_step = None
-        record.completed_at = self.clock()
-
-    async def _finish(self, run: SagaRun, status: SagaStatus, error: str | None) -> None:
-        """Write the terminal status and announce it."""
-        self._set_terminal(run.record, status, error)
-        await self._writer.save(run, terminal=True)
-        await self._announce(run)
+        return SagaFailure("step_error", node.name, f"step '{node.name}' failed: {error}")
 
     async def _announce(self, run: SagaRun) -> None:
         """Publish the terminal event and wake the waiters (the record is durable now)."""
@@ -611,35 +522,38 @@ class Engine:
 
     async def _beat(self) -> None:
         """Renew the leases of every running saga; end when a tick finds none running."""
-        interval = self.config.lease_seconds / 3
         try:
             while True:
-                await asyncio.sleep(interval)
+                await asyncio.sleep(self.lease.heartbeat_interval)
                 ids = list(self.runs)
                 if not ids:
                     break
                 try:
                     held = set(
                         await self.store.renew(
-                            self.worker_id,
-                            self.lease_id,
-                            ids,
-                            lease_seconds=self.config.lease_seconds,
+                            self.worker_id, self.lease_id, ids, lease_seconds=self.lease.seconds
                         )
                     )
                 except Exception:
-                    logger.warning("lease renewal failed; retrying", exc_info=True)
+                    logger.warning(
+                        "lease renewal failed; retrying",
+                        exc_info=True,
+                        extra={"worker_id": self.worker_id},
+                    )
                     continue
                 for saga_id in ids:
                     run = self.runs.get(saga_id)
                     if saga_id not in held and run is not None and not run.record.is_terminal:
-                        logger.warning("saga %s: lease lost to another worker", saga_id)
+                        logger.warning(
+                            "saga %s: lease lost to another worker", saga_id, extra=run.log_extra()
+                        )
                         run.stop(StopReason.LEASE_LOST)
         finally:
             self._heartbeat = None
 
     async def close(self) -> None:
         """Stop the heartbeat and deadline timer (runs must be finished or stopped)."""
+        self.closed = True
         self._deadlines.close()
         beat = self._heartbeat
         if beat is not None:
@@ -647,31 +561,43 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
 
-    async def _publish(
-        self,
-        run: SagaRun,
-        event_type: type[ev.SagaEvent],
-        step_name: str | None = None,
-        **fields: Any,
+    def _event(
+        self, run: SagaRun, event_type: type[ev.SagaEvent], step: str | None, fields: Any
+    ) -> ev.SagaEvent:
+        record = run.record
+        return event_type(
+            saga_id=record.saga_id,
+            saga_name=record.saga_name,
+            correlation_id=record.correlation_id,
+            step_name=step,
+            **fields,
+        )
+
+    def _queue(
+        self, run: SagaRun, event_type: type[ev.SagaEvent], step: str | None = None, **fields: Any
     ) -> None:
+        """Publish an event once the next write lands (the state it announces is durable)."""
+        if self.bus is not None:
+            run.outbox.append(self._event(run, event_type, step, fields))
+
+    async def _publish(
+        self, run: SagaRun, event_type: type[ev.SagaEvent], step: str | None = None, **f: Any
+    ) -> None:
+        """Publish an event now (callers make sure what it announces is durable)."""
+        if self.bus is not None:
+            await self._emit(self._event(run, event_type, step, f))
+
+    async def _emit(self, event: ev.SagaEvent) -> None:
         bus = self.bus
         if bus is None:
             return
-        record = run.record
         try:
-            event = event_type(
-                saga_id=record.saga_id,
-                saga_name=record.saga_name,
-                correlation_id=record.correlation_id,
-                step_name=step_name,
-                **fields,
-            )
             await bus.publish(event)
         except Exception:  # a failing bus never breaks a saga
             logger.warning(
-                "saga %s: publishing %s failed", record.saga_id, event_type.__name__, exc_info=True
+                "saga %s: publishing %s failed",
+                event.saga_id,
+                type(event).__name__,
+                exc_info=True,
+                extra={"saga_id": event.saga_id, "saga_name": event.saga_name},
             )
-
-
-class _StepTimeoutError(TimeoutError):
-    """A ``TimeoutError`` raised by the step itself (not by its attempt timeout)."""

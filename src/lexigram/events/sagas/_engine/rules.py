@@ -1,68 +1,101 @@
-"""Pure rules of the engine: classifying what a step returned, and retry delays.
+"""Pure rules of the engine: what an attempt's outcome is, and the idempotency keys.
 
 No event loop and no I/O here, so each rule can be tested on its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import hashlib
+from typing import Any, NamedTuple
 
 from lexigram.events._result import Err, Ok
-from lexigram.events.sagas._engine.flow import RetryPolicy
-from lexigram.events.sagas.config import SagaConfig
-from lexigram.events.sagas.context import SagaStepResult
+from lexigram.events.sagas.codec import dumps_json
+from lexigram.events.sagas.context import SagaStepResult, describe_error
+from lexigram.events.sagas.types import FailureKind
 
-__all__ = ["describe_error", "interpret_result", "retry_delay"]
+__all__ = ["AttemptOutcome", "describe_error", "idempotency_key", "interpret_result"]
 
 
-def retry_delay(
-    attempt: int, policy: RetryPolicy, config: SagaConfig, rand: Callable[[], float]
-) -> float:
-    """Delay before retrying after failed attempt ``attempt`` (1-based), in seconds.
+# Built positionally on the hot path: (ok, output, error, retryable, kind).
+# ruff: noqa: FBT003
+class AttemptOutcome(NamedTuple):
+    """What one attempt of a step or compensation came to.
 
-    ``min(retry_delay * backoff_multiplier ** (attempt - 1), max_retry_delay)`` scaled by a
-    random factor in ``[1 - jitter, 1 + jitter]``; ``rand`` returns a float in ``[0, 1)``.
+    A ``NamedTuple`` rather than a frozen dataclass: one is built per attempt on the hot
+    path, and a tuple builds in a fraction of the time (about 0.15 us against 0.6 us).
+
+    Attributes:
+        ok: Whether the attempt succeeded.
+        output: The step's output on success (a JSON object), else empty.
+        error: Why it failed (``""`` on success).
+        retryable: Whether a failure may be retried (transient).
+        kind: What kind of failure it was (``None`` on success).
     """
-    base = min(
-        policy.retry_delay * config.backoff_multiplier ** (attempt - 1), config.max_retry_delay
-    )
-    return max(0.0, base * (1.0 + config.jitter * (2.0 * rand() - 1.0)))
+
+    ok: bool
+    output: dict[str, Any]
+    error: str
+    retryable: bool
+    kind: FailureKind | None
+
+    @staticmethod
+    def success(output: dict[str, Any]) -> AttemptOutcome:
+        """A successful attempt with ``output``."""
+        return AttemptOutcome(True, output, "", False, None)
+
+    @staticmethod
+    def failure(error: str, kind: FailureKind, *, retryable: bool) -> AttemptOutcome:
+        """A failed attempt."""
+        return AttemptOutcome(False, {}, error, retryable, kind)
 
 
-def describe_error(exc: BaseException) -> str:
-    """Render an exception as ``Type: message`` for a step record."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def interpret_result(raw: object, step_name: str) -> tuple[bool, dict[str, Any], str, bool]:
-    """Turn whatever a step returned into ``(success, output, error, retryable)``."""
+def interpret_result(raw: object, step_name: str) -> AttemptOutcome:
+    """Turn whatever a step returned into an :class:`AttemptOutcome`."""
     if raw is None:
-        return True, {}, "", False
+        return AttemptOutcome(True, {}, "", False, None)
     if isinstance(raw, SagaStepResult):
         if raw.success:
             output: object = raw.output  # typed as a dict, but callers may pass anything
             if isinstance(output, dict):
-                return True, output, "", False
-            return False, {}, _wrong_type(step_name, "SagaStepResult.output", output), False
-        return False, {}, raw.error or "step reported failure", raw.retryable
+                return AttemptOutcome(True, output, "", False, None)
+            return _wrong_type(step_name, "SagaStepResult.output", output)
+        error: object = raw.error
+        text = error if isinstance(error, str) else "step reported failure"
+        return AttemptOutcome(False, {}, text, raw.retryable, "step_failed")
     if isinstance(raw, dict):
-        return True, raw, "", False
+        return AttemptOutcome(True, raw, "", False, None)
     if isinstance(raw, Ok):
         value = raw.value
         if value is None:
-            return True, {}, "", False
-        return True, (value if isinstance(value, dict) else {"value": value}), "", False
+            return AttemptOutcome(True, {}, "", False, None)
+        return AttemptOutcome(
+            True, value if isinstance(value, dict) else {"value": value}, "", False, None
+        )
     if isinstance(raw, Err):
-        error = raw.error
-        text = describe_error(error) if isinstance(error, BaseException) else str(error)
-        return False, {}, text, False
-    return False, {}, _wrong_type(step_name, "result", raw), False
+        reason = raw.error
+        text = describe_error(reason) if isinstance(reason, BaseException) else str(reason)
+        return AttemptOutcome(False, {}, text, False, "step_failed")
+    return _wrong_type(step_name, "result", raw)
 
 
-def _wrong_type(step_name: str, what: str, value: object) -> str:
-    return (
+def _wrong_type(step_name: str, what: str, value: object) -> AttemptOutcome:
+    error = (
         f"step '{step_name}' returned a {what} of type {type(value).__name__}; expected "
         "SagaStepResult, Ok, Err, dict or None"
     )
+    return AttemptOutcome(False, {}, error, False, "step_error")
+
+
+def idempotency_key(saga_id: str, step_name: str, visit: int, *, compensation: bool) -> str:
+    """The idempotency key of one visit of a step, or of its compensation.
+
+    ``"<saga_id>:<step>:<role>:<digest>"``: readable, and unique per saga, step, visit and
+    role whatever characters ids and names hold (the digest covers all four, so a step
+    named ``"charge:compensate"`` never shares a key with ``charge``'s compensation, nor a
+    saga ``"a:b"`` with saga ``"a"``). Stable across retries, resumes and processes.
+    """
+    role = "compensate" if compensation else "step"
+    if visit > 1:
+        role = f"{role}{visit}"
+    digest = hashlib.sha256(dumps_json([saga_id, step_name, role]).encode()).hexdigest()
+    return f"{saga_id}:{step_name}:{role}:{digest[:20]}"

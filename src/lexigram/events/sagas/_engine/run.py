@@ -13,13 +13,17 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable
 from enum import Enum
-from typing import Any
+from typing import Any, Final
 
 from lexigram.events.sagas._engine.flow import Flow
 from lexigram.events.sagas.context import SagaContext
+from lexigram.events.sagas.events import SagaEvent
 from lexigram.events.sagas.types import SagaRecord
 
-__all__ = ["Interrupted", "SagaRun", "StopReason"]
+__all__ = ["BROKEN", "Interrupted", "SagaRun", "StopReason"]
+
+BROKEN: Final = object()
+"""``SagaRun.instance`` when the saga's factory raised: no step or compensation can run."""
 
 _NONE: frozenset[Any] = frozenset()
 
@@ -62,6 +66,7 @@ class SagaRun:
         "flow",
         "in_user_code",
         "instance",
+        "outbox",
         "outcome",
         "record",
         "seq",
@@ -69,11 +74,13 @@ class SagaRun:
         "stop_reason",
         "task",
         "waiters",
+        "worker_id",
     )
 
-    def __init__(self, record: SagaRecord, flow: Flow) -> None:
+    def __init__(self, record: SagaRecord, flow: Flow, worker_id: str = "") -> None:
         self.record = record
         self.flow = flow
+        self.worker_id = worker_id
         # One future per waiter, so that cancelling a waiter never touches the run.
         self.waiters: list[asyncio.Future[SagaRecord | None]] = []
         self.finished = False
@@ -87,6 +94,9 @@ class SagaRun:
         # Tasks this run cancelled and that have not absorbed the cancellation yet.
         self.cancelled_tasks: set[asyncio.Task[Any]] | frozenset[asyncio.Task[Any]] = _NONE
         self._save_lock: asyncio.Lock | None = None
+        # Events waiting for the write that makes what they announce durable (only with
+        # an event bus): published right after that write lands.
+        self.outbox: list[SagaEvent] = []
         self.seq = 1 + max(
             (s.completion_seq for s in record.steps.values() if s.completion_seq is not None),
             default=0,
@@ -103,6 +113,16 @@ class SagaRun:
             record.metadata,
         )
 
+    def log_extra(self, step: str | None = None, attempt: int | None = None) -> dict[str, Any]:
+        """The structured fields every log record about this run carries (no payloads)."""
+        return {
+            "saga_id": self.record.saga_id,
+            "saga_name": self.record.saga_name,
+            "step": step,
+            "attempt": attempt,
+            "worker_id": self.worker_id,
+        }
+
     def add_waiter(self) -> asyncio.Future[SagaRecord | None]:
         """Return a future resolved with the terminal record (``None``: the run stopped)."""
         waiter: asyncio.Future[SagaRecord | None] = asyncio.get_running_loop().create_future()
@@ -111,6 +131,13 @@ class SagaRun:
         else:
             self.waiters.append(waiter)
         return waiter
+
+    def discard_waiter(self, waiter: asyncio.Future[SagaRecord | None]) -> None:
+        """Forget a waiter that stopped waiting (timed out or cancelled)."""
+        if not waiter.done():
+            waiter.cancel()
+        with contextlib.suppress(ValueError):
+            self.waiters.remove(waiter)
 
     def finish(self, outcome: SagaRecord | None) -> None:
         """Wake every waiter with the durable terminal record, or ``None`` if the run stopped."""

@@ -1,82 +1,136 @@
 """Writing a run's record: retries while the store is down, conflicts, rejected values.
 
-Every persistence point of the engine goes through :meth:`RecordWriter.save`.
+Every persistence point of the engine goes through :meth:`RecordWriter.save`. Three rules:
+
+- **A write is never skipped silently.** It lands, or the run stops (lease lost,
+  shutdown), or ``save`` returns the values the store refused; nothing else.
+- **A refused value is put back, never the rest.** When the store refuses values (a
+  ``SagaDataError`` naming them), each is restored to its last durable value (or dropped),
+  nothing is written, and the caller fails the step that produced them and writes again.
+  Values already stored are never touched.
+- **Events follow the write.** Events queued on the run (``run.outbox``) are published
+  right after the next write lands, so no event announces a state the store does not have.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable
-from datetime import datetime, timedelta
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
 
+from lexigram.events.sagas._engine.backoff import STORE_RETRY
 from lexigram.events.sagas._engine.rules import describe_error
 from lexigram.events.sagas._engine.run import Interrupted, SagaRun, StopReason
+from lexigram.events.sagas._leases import LeasePolicy
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.errors import (
     ConcurrencyConflictError,
+    Rejection,
     SagaDataError,
     SagaStoreUnavailableError,
 )
+from lexigram.events.sagas.events import SagaEvent
 from lexigram.events.sagas.store import SagaStore
-from lexigram.events.sagas.types import SagaRecord
+from lexigram.events.sagas.types import SagaRecord, SagaStatus, move_saga
 
-__all__ = ["RecordWriter"]
-
-_NOTHING_REJECTED: list[str] = []  # shared and never mutated: callers only test it
+__all__ = ["RecordWriter", "describe_rejections"]
 
 logger = logging.getLogger(__name__)
+
+_NONE: tuple[Rejection, ...] = ()
+
+
+def describe_rejections(rejections: tuple[Rejection, ...]) -> str:
+    """``"data key 'x', output of step 'y'"``: what a store refused, for error messages."""
+    return ", ".join(str(item) for item in rejections)
 
 
 class RecordWriter:
     """Writes run records to a store on behalf of the engine."""
 
-    def __init__(self, store: SagaStore, config: SagaConfig, clock: Callable[[], datetime]):
+    def __init__(
+        self,
+        store: SagaStore,
+        config: SagaConfig,
+        clock: Callable[[], datetime],
+        lease: LeasePolicy,
+        *,
+        sleep: Callable[[float], Awaitable[Any]],
+        publish: Callable[[SagaEvent], Awaitable[None]],
+    ) -> None:
         self.store = store
         self.config = config
         self.clock = clock
-        self._lease = timedelta(seconds=config.lease_seconds)
+        self.lease = lease
+        self._sleep = sleep
+        self._publish = publish
 
     async def save(
-        self, run: SagaRun, *, terminal: bool = False, commit: bool = False
-    ) -> list[str]:
-        """Write the run's record durably; return the data keys the store rejected.
+        self, run: SagaRun, *, finish: SagaStatus | None = None
+    ) -> tuple[Rejection, ...]:
+        """Write the run's record durably; with ``finish``, as that terminal status.
 
-        With ``commit`` (a step completion), rejected values are put back to their last
-        durable state and nothing is written: the caller fails the step. Otherwise the
-        record is written again without them.
+        Returns:
+            The values the store refused, after putting each back to its last durable
+            value; nothing was written then, and the caller must record the failure and
+            save again. Empty when the write landed.
+
+        Raises:
+            Interrupted: the lease was lost, or a hard stop came while the store was down.
         """
         record = run.record
-        if not terminal and not self.config.persist_state:
-            return []
+        ctx = run.ctx
+        if ctx.data is not record.data or ctx.metadata is not record.metadata:
+            refused = _adopt_context(run)
+            if refused:
+                return refused
+        if finish is None and not self.config.persist_state:
+            if run.outbox:
+                await self._flush(run)
+            return _NONE
         now = self.clock()
         record.updated_at = now
         record.recovery_attempts = 0
-        if terminal:
-            record.lease_owner = record.lease_id = record.lease_expires_at = None
+        before = None
+        if finish is None:
+            record.lease_expires_at = self.lease.expiry(now)
         else:
-            record.lease_expires_at = now + self._lease
-        lock = run._save_lock  # created once a parallel group runs
-        if lock is None:
-            try:  # the common case, without a further coroutine layer
-                await self.store.save(record)
-            except Exception as exc:
-                return await self.write(run, commit=commit, failed=exc)
-            return _NOTHING_REJECTED
-        async with lock:
-            return await self.write(run, commit=commit)
+            before = (record.status, record.current_step, record.lease_owner, record.lease_id)
+            move_saga(record, finish)
+            record.current_step = None
+            record.completed_at = now
+            LeasePolicy.clear(record)
+        try:
+            lock = run._save_lock  # created once a parallel group runs
+            if lock is None:
+                try:  # the common case, without a further coroutine layer
+                    await self.store.save(record)
+                except Exception as exc:
+                    await self._write(run, failed=exc)
+            else:
+                async with lock:
+                    await self._write(run)
+        except SagaDataError as exc:
+            if before is not None:  # nothing was written, so the saga did not finish
+                record.status, record.current_step, record.lease_owner, record.lease_id = before
+                record.completed_at = None
+                record.lease_expires_at = self.lease.expiry(now)
+            return await self._repair(run, exc)
+        if run.outbox:
+            await self._flush(run)
+        return _NONE
 
-    async def write(
-        self, run: SagaRun, *, commit: bool, failed: Exception | None = None
-    ) -> list[str]:
-        """Save until the write lands, handling conflicts, outages and rejected values.
+    async def _write(self, run: SagaRun, *, failed: Exception | None = None) -> None:
+        """Save until the write lands; ``failed`` is the error of a first attempt made.
 
-        ``failed`` is the error of a first attempt the caller already made.
+        Raises:
+            SagaDataError: the store refused values (nothing was written).
+            Interrupted: the lease was lost, or a hard stop came while the store was down.
         """
         record = run.record
-        delay = 0.05
         uncertain = False
-        rejected: list[str] = []
+        outages = 0
         while True:
             try:
                 if failed is not None:
@@ -86,32 +140,30 @@ class RecordWriter:
             except ConcurrencyConflictError:
                 if uncertain and await self._landed(record):
                     record.version += 1
-                    return rejected
+                    return
                 logger.warning(
                     "saga %s was taken over by another worker; this worker stops running it",
                     record.saga_id,
+                    extra=run.log_extra(),
                 )
                 run.stop(StopReason.LEASE_LOST)
                 raise Interrupted(StopReason.LEASE_LOST) from None
-            except SagaDataError as exc:
-                rejected += await self._scrub(run, exc)
-                if commit or not exc.keys:
-                    return rejected or ["(metadata)"]
-                continue
             except (SagaStoreUnavailableError, OSError) as exc:
                 uncertain = True
                 if run.stop_reason is not None and run.stop_reason.is_hard:
                     raise Interrupted(run.stop_reason) from None
+                outages += 1
+                delay = STORE_RETRY.delay(outages)
                 logger.warning(
                     "saga %s: store unavailable (%s); retrying in %.2fs",
                     record.saga_id,
                     describe_error(exc),
                     delay,
+                    extra=run.log_extra(),
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await self._sleep(delay)
                 continue
-            return rejected
+            return
 
     async def _landed(self, record: SagaRecord) -> bool:
         """After an ambiguous failure, tell whether our write reached the store after all."""
@@ -127,24 +179,92 @@ class RecordWriter:
             and stored.status == record.status
         )
 
-    async def _scrub(self, run: SagaRun, exc: SagaDataError) -> list[str]:
-        """Put back the last durable value of data keys the store rejected; drop bad outputs."""
+    async def _repair(self, run: SagaRun, exc: SagaDataError) -> tuple[Rejection, ...]:
+        """Put each refused value back to its last durable state; return what was refused.
+
+        Raises:
+            SagaDataError: the store named no value, so nothing can be repaired: the run
+                stops (it stays resumable) rather than loop or skip the write.
+        """
+        rejections = exc.rejections
+        if not rejections:
+            raise exc
         record = run.record
-        data_keys = [key for key in exc.keys if not key.startswith("step:")]
-        for key in exc.keys:
-            if key.startswith("step:") and key[5:] in record.steps:
-                record.steps[key[5:]].output = {}
-        if data_keys:
+        durable: SagaRecord | None = None
+        if any(item.kind in ("data", "metadata") for item in rejections):
             durable = await self.store.load(record.saga_id)
-            previous = {} if durable is None else durable.data
-            for key in data_keys:
-                if key in previous:
-                    record.data[key] = previous[key]
-                else:
-                    record.data.pop(key, None)
+        for item in rejections:
+            if item.kind == "data":
+                _restore(record.data, item.key, None if durable is None else durable.data)
+            elif item.kind == "metadata":
+                _restore(record.metadata, item.key, None if durable is None else durable.metadata)
+            elif item.kind == "output":
+                step = record.steps.get(item.key)
+                if step is not None:
+                    step.output = {}
+                run.ctx.step_results.pop(item.key, None)
+            else:
+                _clean_texts(record, item.key)
         logger.warning(
-            "saga %s: values at %s are not JSON-serialisable and were not stored",
+            "saga %s: the store refused %s; put back to the last stored values",
             record.saga_id,
-            ", ".join(exc.keys) or "(metadata)",
+            describe_rejections(rejections),
+            extra=run.log_extra(),
         )
-        return list(exc.keys)
+        return rejections
+
+    async def _flush(self, run: SagaRun) -> None:
+        events, run.outbox = run.outbox, []
+        for event in events:
+            await self._publish(event)
+
+
+def _adopt_context(run: SagaRun) -> tuple[Rejection, ...]:
+    """Make the record hold the dicts the context holds (a step may assign ``ctx.data``)."""
+    ctx = run.ctx
+    record = run.record
+    refused: list[Rejection] = []
+    data: object = ctx.data
+    if isinstance(data, dict):
+        record.data = ctx.data
+    else:
+        ctx.data = record.data
+        refused.append(Rejection("data", ""))
+    metadata: object = ctx.metadata
+    if isinstance(metadata, dict):
+        record.metadata = ctx.metadata
+    else:
+        ctx.metadata = record.metadata
+        refused.append(Rejection("metadata", ""))
+    return tuple(refused)
+
+
+def _restore(target: dict[Any, Any], key: str, durable: dict[str, Any] | None) -> None:
+    """Put ``target[key]`` back to its durable value, or drop it.
+
+    ``key`` may stand for a non-str key, named by its text.
+    """
+    for present in [present for present in target if str(present) == key]:
+        del target[present]
+    if durable is not None and key in durable:
+        target[key] = durable[key]
+
+
+def _clean_texts(record: SagaRecord, step_name: str) -> None:
+    """Make the error texts of a step (or of the saga) valid UTF-8."""
+    if not step_name:
+        if record.error is not None:
+            record.error = _valid_text(record.error)
+        return
+    step = record.steps.get(step_name)
+    if step is None:
+        return
+    step.error = None if step.error is None else _valid_text(step.error)
+    step.compensation_error = (
+        None if step.compensation_error is None else _valid_text(step.compensation_error)
+    )
+    step.attempt_errors = [_valid_text(text) for text in step.attempt_errors]
+
+
+def _valid_text(text: object) -> str:
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")

@@ -1,0 +1,207 @@
+"""Taking stored sagas over: one by id (``resume``/``cancel``), or every claimable one.
+
+A saga resumes only under a definition that still matches its recorded progress
+(``flow.check_resumable``); otherwise it is left untouched and reported as a
+:class:`RecoveryProblem`. Claims retried while the store is down use the shared backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from lexigram.events.sagas._engine.backoff import CLAIM_RETRY
+from lexigram.events.sagas._engine.engine import Engine
+from lexigram.events.sagas._engine.flow import Flow, align_cursor, check_resumable
+from lexigram.events.sagas.errors import (
+    CorruptRecordError,
+    SagaDefinitionError,
+    SagaError,
+    SagaLeaseError,
+    SagaNotFoundError,
+    SagaStoreError,
+    SagaStoreUnavailableError,
+)
+from lexigram.events.sagas.types import SagaRecord, SagaStatus
+
+__all__ = ["CLAIM_BATCH", "Recovery", "RecoveryProblem"]
+
+logger = logging.getLogger(__name__)
+
+CLAIM_BATCH = 200
+_CLAIM_TRIES = 6
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryProblem:
+    """A saga ``recover()`` found but could not resume (it was left untouched).
+
+    Attributes:
+        saga_id: The saga.
+        saga_name: Its recorded name.
+        error: Why: ``SagaNotFoundError`` when no saga of that name is registered,
+            ``SagaDefinitionError`` when the definition no longer matches its progress,
+            ``CorruptRecordError`` when its row cannot be read.
+    """
+
+    saga_id: str
+    saga_name: str
+    error: SagaError
+
+    @property
+    def reason(self) -> str:
+        """The error's message."""
+        return str(self.error)
+
+
+class Recovery:
+    """Claims stored sagas for one engine, checking each against its registered flow."""
+
+    def __init__(self, engine: Engine, flows: Mapping[str, Flow]) -> None:
+        self._engine = engine
+        self._flows = flows
+
+    def resumable(self, record: SagaRecord) -> Flow:
+        """Return the flow ``record`` can resume under, or raise why it cannot.
+
+        Raises:
+            SagaNotFoundError: its name is not registered here.
+            SagaDefinitionError: the definition no longer matches its progress.
+        """
+        flow = self._flows.get(record.saga_name)
+        if flow is None:
+            raise SagaNotFoundError.for_name(record.saga_name)
+        problem = check_resumable(flow, record)
+        if problem is not None:
+            raise SagaDefinitionError(
+                f"saga '{record.saga_id}' cannot resume: {problem}",
+                saga_name=record.saga_name,
+                saga_id=record.saga_id,
+            )
+        return flow
+
+    async def take_over(self, record: SagaRecord) -> tuple[SagaRecord, Flow]:
+        """Check, claim and prepare one stored saga for a run in this worker.
+
+        Raises:
+            SagaLeaseError: another live worker holds it.
+            SagaNotFoundError, SagaDefinitionError: see :meth:`resumable`.
+        """
+        self.resumable(record)  # refuse before touching the stored saga
+        engine = self._engine
+        claimed = await engine.store.claim(
+            engine.worker_id,
+            engine.lease_id,
+            lease_seconds=engine.lease.seconds,
+            saga_names=[record.saga_name],
+            limit=1,
+            saga_id=record.saga_id,
+        )
+        if not claimed:
+            raise SagaLeaseError(
+                f"saga '{record.saga_id}' is held by worker '{record.lease_owner}'",
+                saga_id=record.saga_id,
+                owner=record.lease_owner,
+            )
+        try:
+            flow = self.resumable(claimed[0])  # it may have moved on since it was loaded
+        except SagaError:
+            await engine.store.release(record.saga_id, engine.worker_id, engine.lease_id)
+            raise
+        align_cursor(flow, claimed[0])
+        return claimed[0], flow
+
+    async def recover(self) -> tuple[int, list[RecoveryProblem]]:
+        """Claim and launch every claimable saga of a registered name.
+
+        Returns:
+            How many sagas were launched, and what was left untouched (and why).
+        """
+        engine = self._engine
+        names = list(self._flows)
+        problems: list[RecoveryProblem] = []
+        refused: list[SagaRecord] = []
+        resumed = 0
+        while names:
+            batch = await self._claim_batch(names)
+            for record in batch:
+                try:
+                    flow = self.resumable(record)
+                except SagaDefinitionError as error:
+                    problems.append(RecoveryProblem(record.saga_id, record.saga_name, error))
+                    refused.append(record)
+                    continue
+                align_cursor(flow, record)
+                engine.launch(record, flow)
+                resumed += 1
+            if len(batch) < CLAIM_BATCH:
+                break
+        for record in refused:  # released only now, so the loop above cannot claim them again
+            await engine.store.release(record.saga_id, engine.worker_id, engine.lease_id)
+        problems += await self._unregistered_sagas()
+        for problem in problems:
+            logger.warning(
+                "recover(): saga %s (%s) left untouched: %s",
+                problem.saga_id,
+                problem.saga_name,
+                problem.reason,
+                extra={
+                    "saga_id": problem.saga_id,
+                    "saga_name": problem.saga_name,
+                    "worker_id": engine.worker_id,
+                },
+            )
+        return resumed, problems
+
+    async def _claim_batch(self, names: list[str]) -> list[SagaRecord]:
+        """Claim a batch, retrying while the store is unreachable (a few times)."""
+        engine = self._engine
+        for attempt in range(1, _CLAIM_TRIES + 1):
+            try:
+                return await engine.store.claim(
+                    engine.worker_id,
+                    engine.lease_id,
+                    lease_seconds=engine.lease.seconds,
+                    saga_names=names,
+                    limit=CLAIM_BATCH,
+                )
+            except SagaStoreUnavailableError:
+                if attempt == _CLAIM_TRIES:
+                    raise
+                delay = CLAIM_RETRY.delay(attempt, engine.rand)
+                logger.warning(
+                    "recover(): store unavailable; retrying in %.1fs",
+                    delay,
+                    extra={"worker_id": engine.worker_id},
+                )
+                await engine.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _unregistered_sagas(self) -> list[RecoveryProblem]:
+        """List unfinished sagas of names not registered here (best effort, for reporting)."""
+        found: list[RecoveryProblem] = []
+        for status in (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+            try:
+                records = await self._engine.store.list(status=status, limit=1000)
+            except CorruptRecordError as error:
+                found.append(RecoveryProblem(error.saga_id or "?", "?", error))
+                continue
+            except SagaStoreError:
+                logger.warning(
+                    "recover(): could not list %s sagas to report",
+                    status,
+                    exc_info=True,
+                    extra={"worker_id": self._engine.worker_id},
+                )
+                continue
+            for record in records:
+                if record.saga_name not in self._flows:
+                    found.append(
+                        RecoveryProblem(
+                            record.saga_id,
+                            record.saga_name,
+                            SagaNotFoundError.for_name(record.saga_name),
+                        )
+                    )
+        return found
