@@ -114,7 +114,8 @@ class Rejection:
         kind: ``"data"`` (a top-level key of the context data), ``"metadata"`` (a key of
             the context metadata), ``"output"`` (a step's output) or ``"error"`` (a step's
             or the saga's error text; ``key`` is ``""`` for the saga's own).
-        key: The data or metadata key, or the step name.
+        key: The data or metadata key (``""``: the whole dict was replaced by something
+            that is not one), or the step name.
     """
 
     kind: RejectionKind
@@ -122,6 +123,8 @@ class Rejection:
 
     def __str__(self) -> str:
         if self.kind in ("data", "metadata"):
+            if not self.key:
+                return f"the context {self.kind} (not a JSON object)"
             return f"{self.kind} key '{self.key}'"
         if not self.key:
             return "the saga's error"

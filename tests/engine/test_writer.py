@@ -1,0 +1,222 @@
+"""The record writer: a value no store can hold fails the step that produced it.
+
+Nothing already stored is lost, on every store (SPEC sections 3 and 10).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lexigram.events.sagas.config import SagaConfig
+from lexigram.events.sagas.context import SagaContext, SagaStepResult
+from lexigram.events.sagas.manager import SagaManager
+from lexigram.events.sagas.sqlite import SQLiteSagaStore
+from lexigram.events.sagas.store import InMemorySagaStore, SagaStore
+from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepStatus
+from tests.support.helpers import WAIT, Script, manager_for, raise_each
+
+FAST = SagaConfig(retry_delay_seconds=0)
+P = SagaStatus
+T = SagaStepStatus
+Behaviour = Callable[[SagaContext], Any]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SagaStore]:
+    """Each test runs on the in-memory store and on a real SQLite file."""
+    made: SagaStore = (
+        InMemorySagaStore() if request.param == "memory" else SQLiteSagaStore(tmp_path / "s.db")
+    )
+    yield made
+    await made.close()
+
+
+async def run_with(
+    store: SagaStore, behaviours: dict[str, Behaviour]
+) -> tuple[SagaRecord, SagaRecord, Script]:
+    """Run the scripted a-b-c saga with ``behaviours``; return (waited, stored, script)."""
+    script = Script()
+    script.behaviours.update(behaviours)
+    manager = manager_for(script, store=store, config=FAST)
+    try:
+        record = await asyncio.wait_for(manager.execute("scripted", saga_id="s-1"), WAIT)
+    finally:
+        await manager.close()
+    durable = await store.load("s-1")
+    assert durable is not None
+    return record, durable, script
+
+
+def setting(key: str, value: object, *, target: str = "data") -> Behaviour:
+    async def behave(ctx: SagaContext) -> object:
+        getattr(ctx, target)[key] = value
+        return {"step": ctx.step_name}
+
+    return behave
+
+
+def assert_failed_b_and_compensated_a(waited: SagaRecord, durable: SagaRecord) -> None:
+    for record in (waited, durable):
+        assert record.status is P.COMPENSATED
+        assert record.steps["b"].status is T.FAILED
+        assert record.steps["a"].status is T.COMPENSATED
+        assert record.lease_owner is None  # the terminal write landed
+        assert record.failure is not None
+        assert record.failure.kind == "step_error"
+        assert record.failure.step == "b"
+    assert durable.version == waited.version
+
+
+async def test_non_json_metadata_fails_the_step_naming_it(store: SagaStore) -> None:
+    """``ctx.metadata["trace"] = {1, 2}`` fails the step naming metadata and the key (defect 1)."""
+    waited, durable, script = await run_with(
+        store, {"b": setting("trace", {1, 2}, target="metadata")}
+    )
+    assert_failed_b_and_compensated_a(waited, durable)
+    assert "metadata key 'trace'" in (durable.steps["b"].error or "")
+    assert "trace" not in durable.metadata
+    assert durable.steps["a"].output == {"step": "a"}  # a completed step's output is kept
+    assert script.calls == ["a:1", "b:1", "undo a"]
+
+
+async def test_exception_given_to_fail_is_stored_as_text(store: SagaStore) -> None:
+    """``fail(ValueError("card declined"))`` ends compensated, in the store too (defect 2)."""
+
+    async def decline(ctx: SagaContext) -> object:
+        return SagaStepResult.fail(ValueError("card declined"))  # type: ignore[arg-type]
+
+    waited, durable, _ = await run_with(store, {"b": decline})
+    assert durable.status is P.COMPENSATED
+    assert durable.steps["b"].error == "ValueError: card declined"
+    assert durable.failure is not None
+    assert durable.failure.kind == "step_failed"
+    assert waited.status is P.COMPENSATED
+
+
+async def test_huge_int_in_context_fails_the_step_naming_the_key(store: SagaStore) -> None:
+    """An int JSON cannot print (over 4,300 digits) fails the step naming the key (defect 2)."""
+    waited, durable, _ = await run_with(store, {"b": setting("big", 10**5000)})
+    assert_failed_b_and_compensated_a(waited, durable)
+    assert "data key 'big'" in (durable.steps["b"].error or "")
+    assert "big" not in durable.data
+
+
+async def test_lone_surrogate_fails_the_step_on_every_store(store: SagaStore) -> None:
+    """Text UTF-8 cannot encode fails the step the same way in memory and on disk."""
+    waited, durable, _ = await run_with(store, {"b": setting("name", "bad \ud800 text")})
+    assert_failed_b_and_compensated_a(waited, durable)
+    assert "name" not in durable.data
+
+
+async def test_int_keys_are_refused_at_the_step(store: SagaStore) -> None:
+    """``ctx.data[1] = "one"`` fails the step: data keeps one shape everywhere (defect 6)."""
+
+    async def int_key(ctx: SagaContext) -> object:
+        ctx.data[1] = "one"  # type: ignore[index]
+        return None
+
+    waited, durable, _ = await run_with(store, {"b": int_key})
+    assert_failed_b_and_compensated_a(waited, durable)
+    assert "data key '1'" in (durable.steps["b"].error or "")
+    assert 1 not in waited.data
+    assert "1" not in durable.data
+
+
+async def test_nested_int_keys_are_refused_at_the_step(store: SagaStore) -> None:
+    """A non-str key deep inside a value is refused too."""
+    waited, durable, _ = await run_with(store, {"b": setting("nested", {"x": {2: "two"}})})
+    assert_failed_b_and_compensated_a(waited, durable)
+    assert "data key 'nested'" in (durable.steps["b"].error or "")
+
+
+async def test_a_refused_value_is_put_back_to_its_stored_value(store: SagaStore) -> None:
+    """A key overwritten with a bad value gets its last durable value back, not dropped."""
+    waited, durable, _ = await run_with(store, {"b": setting("a", {1, 2})})
+    assert durable.data["a"] == "done"  # step a's value, as stored with a's completion
+    assert waited.data["a"] == "done"
+
+
+async def test_assigning_ctx_data_is_saved(store: SagaStore) -> None:
+    """``ctx.data = {...}`` is what later steps, the store and resumed runs see (defect 6)."""
+
+    async def replace(ctx: SagaContext) -> object:
+        ctx.data = {"replaced": True}
+        return None
+
+    seen: list[dict[str, Any]] = []
+
+    async def look(ctx: SagaContext) -> object:
+        seen.append(dict(ctx.data))
+        return None
+
+    waited, durable, _ = await run_with(store, {"a": replace, "b": look})
+    assert seen == [{"replaced": True}]
+    assert durable.status is P.COMPLETED
+    assert durable.data == {"replaced": True, "c": "done"}
+    assert waited.data == durable.data
+
+
+async def test_assigning_a_non_dict_to_ctx_data_fails_the_step(store: SagaStore) -> None:
+    """``ctx.data = 5`` fails the step and the context keeps its stored data."""
+
+    async def replace(ctx: SagaContext) -> object:
+        ctx.data = 5  # type: ignore[assignment]
+        return None
+
+    waited, durable, _ = await run_with(store, {"b": replace})
+    assert_failed_b_and_compensated_a(waited, durable)
+    assert "the context data" in (durable.steps["b"].error or "")
+    assert durable.data["a"] == "done"
+
+
+async def test_a_bad_value_set_before_a_retried_failure_fails_for_good(store: SagaStore) -> None:
+    """A failed attempt that will be retried but left a bad value fails, not retried."""
+    calls: list[int] = []
+
+    async def flaky(ctx: SagaContext) -> object:
+        calls.append(ctx.attempt)
+        ctx["when"] = {1, 2}
+        raise ConnectionError("flaky")
+
+    waited, durable, _ = await run_with(store, {"b": flaky})
+    assert_failed_b_and_compensated_a(waited, durable)
+    assert calls == [1]
+    assert "data key 'when'" in (durable.steps["b"].error or "")
+
+
+async def test_a_compensation_storing_a_bad_value_still_ends_the_saga(store: SagaStore) -> None:
+    """A compensation that leaves a bad value: the value is dropped and noted, the saga ends."""
+    script = Script()
+    script.behaviours["c"] = raise_each(ValueError("no"))
+
+    async def undo_b(ctx: SagaContext) -> object:
+        ctx["oops"] = {1}
+        return None
+
+    script.undo_behaviours["b"] = undo_b
+    manager = manager_for(script, store=store, config=FAST)
+    record = await asyncio.wait_for(manager.execute("scripted", saga_id="s-1"), WAIT)
+    await manager.close()
+    durable = await store.load("s-1")
+    assert durable is not None
+    assert durable.status is P.COMPENSATED
+    assert record.status is P.COMPENSATED
+    assert "oops" not in durable.data
+    assert "data key 'oops'" in (durable.error or "")
+    assert script.undone() == ["b", "a"]
+
+
+async def test_no_write_is_skipped_after_a_refusal(store: SagaStore) -> None:
+    """After a refused value, every later write lands: the stored version keeps rising."""
+    manager_store = store
+    waited, durable, _ = await run_with(manager_store, {"b": setting("bad", {1})})
+    assert durable.version == waited.version
+    assert durable.status is waited.status is P.COMPENSATED
+    fresh = SagaManager(store, config=FAST)
+    assert await fresh.recover() == 0  # nothing left running under an old lease
+    await fresh.close()
