@@ -593,3 +593,12 @@ def test_compile_saga_gives_a_linear_flow() -> None:
     ]
     assert flow.steps["first"].compensation is not None
     assert flow.steps["second"].compensation is None
+
+
+@pytest.mark.parametrize("factory", [5, "InjectedSaga", object()])
+def test_a_factory_that_is_not_callable_is_refused_at_register(factory: Any) -> None:
+    """``register(A, factory=5)`` is a ``TypeError`` naming the factory, nothing registered."""
+    manager = SagaManager(config=CONFIG)
+    with pytest.raises(TypeError, match="factory"):
+        manager.register(InjectedSaga, factory=factory)
+    assert manager.registered == ()

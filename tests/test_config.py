@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 
 from lexigram.events.config import SagaConfig as ReexportedConfig
-from lexigram.events.sagas.config import DEFAULT_NON_RETRYABLE, SagaConfig
+from lexigram.events.sagas.config import DEFAULT_NON_RETRYABLE, MAX_SECONDS, SagaConfig
 from lexigram.events.sagas.errors import NonRetryableError
+from lexigram.events.sagas.manager import SagaManager
+from tests.support.helpers import Script, saga_class
 
 
 def build(name: str, value: object) -> SagaConfig:
@@ -224,3 +226,27 @@ def test_non_retryable_exceptions_are_configurable() -> None:
 def test_field_names_are_in_declaration_order() -> None:
     """``field_names`` lists every setting in declaration order."""
     assert SagaConfig.field_names() == tuple(f.name for f in dataclasses.fields(SagaConfig))
+
+
+@pytest.mark.parametrize(
+    "field", ["default_timeout_seconds", "lease_seconds", "shutdown_timeout", "max_retry_delay"]
+)
+def test_durations_beyond_a_century_are_refused_naming_the_field(field: str) -> None:
+    """``1e15`` seconds would overflow a date or a timer later: refused now, named."""
+    with pytest.raises(ValueError, match=field):
+        SagaConfig(**{field: 1e15})  # type: ignore[arg-type]
+
+
+def test_cleanup_age_beyond_a_century_is_refused() -> None:
+    """``cleanup_completed_after_hours`` is bounded the same way."""
+    with pytest.raises(ValueError, match="cleanup_completed_after_hours"):
+        SagaConfig(cleanup_completed_after_hours=1e12)
+
+
+async def test_longest_accepted_deadline_works() -> None:
+    """The largest accepted deadline starts a saga without overflowing anything."""
+    manager = SagaManager(config=SagaConfig(default_timeout_seconds=MAX_SECONDS))
+    manager.register(saga_class(Script()))
+    record = await manager.execute("scripted", timeout=5)
+    assert record.status.value == "completed"
+    await manager.close()

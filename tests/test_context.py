@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
+from typing import Any
 
 import pytest
 
+from lexigram.events.sagas.base import SagaBase, saga_step
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import SagaContext, SagaStepResult
+from lexigram.events.sagas.manager import SagaManager
 from lexigram.events.sagas.store import InMemorySagaStore
 from lexigram.events.sagas.types import SagaStatus, SagaStepStatus
 from tests.support.helpers import (
@@ -463,4 +466,45 @@ async def test_compensation_sees_compensating_flag() -> None:
     manager = manager_for(script, config=FAST)
     await manager.execute("scripted", timeout=WAIT)
     assert seen == [("a", True)]
+    await manager.close()
+
+
+# --------------------------------------------------------------------------- failure text
+
+
+@pytest.mark.parametrize("error", [404, {"code": 1}, object(), 2.5])
+def test_fail_refuses_what_is_not_text_or_an_exception(error: Any) -> None:
+    """``fail(404)`` is a ``TypeError`` at once, naming the type: never an unreadable row."""
+    with pytest.raises(TypeError, match=type(error).__name__):
+        SagaStepResult.fail(error)
+
+
+def test_fail_with_an_exception_stores_its_type_and_message() -> None:
+    """``fail(ValueError("card declined"))`` keeps ``"ValueError: card declined"``."""
+    assert SagaStepResult.fail(ValueError("card declined")).error == "ValueError: card declined"
+
+
+def test_a_failure_built_directly_with_a_number_is_refused() -> None:
+    """``SagaStepResult(success=False, error=404)`` is refused the same way."""
+    with pytest.raises(TypeError, match="int"):
+        SagaStepResult(success=False, error=404)  # type: ignore[arg-type]
+
+
+async def test_a_step_failing_with_a_number_fails_readably_on_every_store() -> None:
+    """A step calling ``fail(404)`` fails with a ``TypeError`` record that every store reads."""
+
+    class Failing(SagaBase):
+        name = "failing"
+
+        @saga_step("charge")
+        async def charge(self, ctx: SagaContext) -> SagaStepResult:
+            return SagaStepResult.fail(404)  # type: ignore[arg-type]
+
+    manager = SagaManager(config=SagaConfig(retry_delay_seconds=0))
+    manager.register(Failing)
+    record = await manager.execute("failing", timeout=5)
+    assert record.steps["charge"].error is not None
+    assert record.steps["charge"].error.startswith("TypeError: ")
+    assert all(isinstance(text, str) for text in record.steps["charge"].attempt_errors)
+    assert [r.saga_id for r in await manager.list()] == [record.saga_id]
     await manager.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from lexigram.events import DomainEvent, InMemoryEventBus
 from lexigram.events.sagas.config import SagaConfig
@@ -19,7 +20,7 @@ from lexigram.events.sagas.events import (
     SagaStepFailed,
 )
 from lexigram.events.sagas.store import InMemorySagaStore
-from lexigram.events.sagas.types import SagaStatus
+from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepStatus
 from tests.support.helpers import (
     WAIT,
     RaisingBus,
@@ -309,3 +310,66 @@ async def test_terminal_event_is_published_after_the_state_is_durable() -> None:
     await manager.execute("scripted", timeout=WAIT)
     assert seen == [SagaStatus.COMPLETED]
     await manager.close()
+
+
+# --------------------------------------------------------------------------- events follow writes
+
+
+async def test_every_event_announces_a_state_already_stored() -> None:
+    """When an event is delivered, the store already holds what it announces (defect 8)."""
+    store = InMemorySagaStore()
+    bus = InMemoryEventBus()
+    script = Script()
+    script.behaviours["b"] = raise_each(ConnectionError("flaky"))
+    script.behaviours["c"] = returning(SagaStepResult.fail("declined"))
+    seen: list[tuple[str, Any]] = []
+
+    async def check(event: SagaEvent) -> None:
+        stored = await store.load(event.saga_id)
+        assert stored is not None
+        step = stored.steps.get(event.step_name or "")
+        if isinstance(event, SagaStarted):
+            seen.append(("started", stored.status))
+        elif isinstance(event, SagaStepFailed):
+            assert step is not None
+            seen.append(("failed", (event.will_retry, step.attempts, step.status)))
+        elif isinstance(event, SagaCompensating):
+            seen.append(("compensating", stored.status))
+
+    bus.subscribe(SagaEvent, check)
+    manager = manager_for(script, store=store, config=FAST, event_bus=bus)
+    await manager.execute("scripted", timeout=WAIT)
+    await manager.close()
+    assert seen == [
+        ("started", SagaStatus.RUNNING),
+        ("failed", (True, 1, SagaStepStatus.RUNNING)),
+        ("failed", (False, 1, SagaStepStatus.FAILED)),
+        ("compensating", SagaStatus.COMPENSATING),
+    ]
+
+
+async def test_failed_first_step_passes_through_compensating() -> None:
+    """A failed first step: ``COMPENSATING`` is stored and announced, then ``COMPENSATED``."""
+    store = InMemorySagaStore()
+    saved: list[SagaStatus] = []
+    original = store.save
+
+    async def recording(record: SagaRecord) -> None:
+        await original(record)
+        saved.append(record.status)
+
+    store.save = recording  # type: ignore[method-assign]
+    bus = InMemoryEventBus(record=True)
+    script = Script()
+    script.behaviours["a"] = returning(SagaStepResult.fail("declined"))
+    manager = manager_for(script, store=store, config=FAST, event_bus=bus)
+    record = await manager.execute("scripted", timeout=WAIT)
+    await manager.close()
+    assert record.status is SagaStatus.COMPENSATED
+    assert saved == [SagaStatus.PENDING, SagaStatus.COMPENSATING, SagaStatus.COMPENSATED]
+    assert trace(bus) == [
+        ("SagaStarted", None),
+        ("SagaStepFailed", "a"),
+        ("SagaCompensating", None),
+        ("SagaCompensated", None),
+    ]

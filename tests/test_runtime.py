@@ -20,17 +20,17 @@ FAST = SagaConfig(retry_delay_seconds=0)
 
 
 class SlowSaves(InMemorySagaStore):
-    """An in-memory store whose inserts wait for ``release``."""
+    """An in-memory store whose inserts wait for ``unblock``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.saving = asyncio.Event()
-        self.release = asyncio.Event()
+        self.unblock = asyncio.Event()
 
     async def save(self, record: SagaRecord) -> None:
         if record.version == 0:
             self.saving.set()
-            await self.release.wait()
+            await self.unblock.wait()
         await super().save(record)
 
 
@@ -43,7 +43,7 @@ async def test_start_racing_close_leaves_nothing_running_after_close() -> None:
     await store.saving.wait()
     closing = asyncio.create_task(manager.close())
     await asyncio.sleep(0)
-    store.release.set()
+    store.unblock.set()
     await closing
     await starting  # the start that was storing completed; its run was stopped by close
     assert manager.running() == ()
@@ -104,7 +104,7 @@ async def test_cancelled_waits_do_not_accumulate() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [MappingProxyType({"order_id": "o-1"}), ChainMap({"order_id": "o-1"}, {"x": 1})],
+    [MappingProxyType({"order_id": "o-1"}), ChainMap[str, Any]({"order_id": "o-1"}, {"x": 1})],
     ids=["MappingProxyType", "ChainMap"],
 )
 async def test_start_accepts_any_mapping(data: Any) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from lexigram.events.sagas._engine.rules import describe_error, interpret_result
+from lexigram.events.sagas._engine.rules import describe_error, idempotency_key, interpret_result
 from lexigram.events.sagas.context import Err, Ok, SagaStepResult
 
 # --------------------------------------------------------------------------- interpret_result
@@ -101,3 +103,39 @@ def test_describe_error_with_message() -> None:
 def test_describe_error_without_message() -> None:
     """An exception without message renders as its type name."""
     assert describe_error(ConnectionError()) == "ConnectionError"
+
+
+# --------------------------------------------------------------------------- idempotency keys
+
+
+def test_a_step_named_like_a_compensation_gets_its_own_key() -> None:
+    """Step ``charge:compensate`` never shares a key with ``charge``'s compensation."""
+    step = idempotency_key("s-1", "charge:compensate", 1, compensation=False)
+    undo = idempotency_key("s-1", "charge", 1, compensation=True)
+    assert step != undo
+
+
+def test_keys_differ_by_saga_step_visit_and_role() -> None:
+    """Every combination that looks alike in text still gets a distinct key."""
+    keys = {
+        idempotency_key("a", "b:c", 1, compensation=False),
+        idempotency_key("a:b", "c", 1, compensation=False),
+        idempotency_key("a", "b", 2, compensation=False),
+        idempotency_key("a", "b:2", 1, compensation=False),
+        idempotency_key("a", "b", 1, compensation=True),
+        idempotency_key("a", "b", 1, compensation=False),
+    }
+    assert len(keys) == 6
+
+
+@given(
+    st.text(min_size=1, max_size=12),
+    st.text(min_size=1, max_size=12),
+    st.integers(min_value=1, max_value=5),
+    st.booleans(),
+)
+def test_keys_are_stable(saga_id: str, step: str, visit: int, compensation: bool) -> None:
+    """The same saga, step, visit and role always give the same key, readable by its parts."""
+    key = idempotency_key(saga_id, step, visit, compensation=compensation)
+    assert key == idempotency_key(saga_id, step, visit, compensation=compensation)
+    assert key.startswith(f"{saga_id}:{step}:")
