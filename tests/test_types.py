@@ -10,14 +10,19 @@ import pytest
 
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import SagaStepResult
+from lexigram.events.sagas.errors import CompensationFailedError, SagaError, SagaTimeoutError
 from lexigram.events.sagas.types import (
+    FAILURE_KINDS,
     TERMINAL_SAGA_STATUSES,
+    SagaFailure,
     SagaRecord,
     SagaStatus,
     SagaStepRecord,
     SagaStepStatus,
     can_transition_saga,
     can_transition_step,
+    move_saga,
+    move_step,
 )
 from tests.support.helpers import WAIT, Script, manager_for, returning
 
@@ -238,3 +243,65 @@ async def test_completion_order_is_recorded() -> None:
     assert seqs == sorted(seqs)
     assert len(set(seqs)) == 3
     await manager.close()
+
+
+# --------------------------------------------------------------------------- raise_for_failure
+
+
+def _ended(status: SagaStatus, failure: SagaFailure | None) -> SagaRecord:
+    record = SagaRecord("s-1", "orders", status=status, error="why", failure=failure)
+    record.steps["pay"] = SagaStepRecord(
+        "pay", status=SagaStepStatus.FAILED, compensation_error="refund refused"
+    )
+    return record
+
+
+def test_raise_for_failure_is_silent_for_a_completed_or_running_saga() -> None:
+    """Completed and unfinished sagas raise nothing."""
+    for status in (SagaStatus.COMPLETED, SagaStatus.RUNNING, SagaStatus.PENDING):
+        SagaRecord("s", "n", status=status).raise_for_failure()
+
+
+def test_raise_for_failure_names_the_compensations_that_gave_up() -> None:
+    """A saga ``FAILED`` by its compensations raises ``CompensationFailedError``."""
+    failure = SagaFailure("compensation_failed", "pay", "why")
+    with pytest.raises(CompensationFailedError) as caught:
+        _ended(SagaStatus.FAILED, failure).raise_for_failure()
+    assert caught.value.steps == ("pay",)
+    assert caught.value.saga_id == "s-1"
+
+
+def test_raise_for_failure_of_a_passed_deadline_is_a_timeout() -> None:
+    """A saga compensated because its deadline passed raises ``SagaTimeoutError``."""
+    with pytest.raises(SagaTimeoutError):
+        _ended(SagaStatus.COMPENSATED, SagaFailure("deadline", "pay", "why")).raise_for_failure()
+
+
+def test_raise_for_failure_of_a_declined_step_is_a_saga_error() -> None:
+    """Any other unsuccessful end raises ``SagaError`` with the saga's error."""
+    with pytest.raises(SagaError, match="why"):
+        _ended(SagaStatus.COMPENSATED, SagaFailure("step_failed", "pay", "why")).raise_for_failure()
+
+
+def test_failure_kinds_are_the_documented_ones() -> None:
+    """``FAILURE_KINDS`` lists exactly the kinds SPEC section 11 names."""
+    assert {
+        "step_failed",
+        "step_error",
+        "timeout",
+        "deadline",
+        "cancelled",
+        "crash_loop",
+        "transition",
+        "compensation_failed",
+    } == FAILURE_KINDS
+
+
+def test_illegal_status_moves_are_refused() -> None:
+    """The guarded move refuses what the table forbids (a terminal saga never moves)."""
+    record = SagaRecord("s", "n", status=SagaStatus.COMPLETED)
+    with pytest.raises(ValueError, match="cannot move from completed to running"):
+        move_saga(record, SagaStatus.RUNNING)
+    step = SagaStepRecord("a", status=SagaStepStatus.COMPENSATED)
+    with pytest.raises(ValueError, match="cannot move"):
+        move_step(step, SagaStepStatus.RUNNING)

@@ -24,6 +24,7 @@ from lexigram.events._domain import DomainEvent
 from lexigram.events.sagas._engine.engine import Engine, StopReason
 from lexigram.events.sagas._engine.flow import Flow
 from lexigram.events.sagas._engine.recovery import Recovery, RecoveryProblem
+from lexigram.events.sagas._logging import log_fields
 from lexigram.events.sagas.codec import check_data
 from lexigram.events.sagas.config import SagaConfig, check_count
 from lexigram.events.sagas.errors import (
@@ -262,7 +263,11 @@ class SagaRuntime:
             or existing.lease_id != self._engine.lease_id
             or saga_id in self._engine.runs
         ):
-            logger.debug("saga %s already exists; start is a no-op", saga_id)
+            logger.debug(
+                "saga %s already exists; start is a no-op",
+                saga_id,
+                extra=log_fields(saga_id=saga_id, worker_id=self._engine.worker_id),
+            )
             return
         flow = self._registry.flows.get(existing.saga_name)
         if flow is not None:

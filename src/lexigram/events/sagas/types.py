@@ -20,6 +20,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal, get_args
 
+from lexigram.events.sagas.errors import CompensationFailedError, SagaError, SagaTimeoutError
+
 __all__ = [
     "FAILURE_KINDS",
     "TERMINAL_SAGA_STATUSES",
@@ -271,6 +273,36 @@ class SagaRecord:
         """The correlation id (defaults to the saga id)."""
         value = self.metadata.get("correlation_id")
         return value if isinstance(value, str) else self.saga_id
+
+    def raise_for_failure(self) -> None:
+        """Raise the error the saga ended with; return if it completed or is still going.
+
+        Lets a caller of ``execute()`` turn an unsuccessful outcome into an exception::
+
+            record = await manager.execute("order_fulfillment", data)
+            record.raise_for_failure()
+
+        Raises:
+            CompensationFailedError: it ended ``FAILED`` because compensations gave up
+                (``steps`` names them).
+            SagaTimeoutError: its deadline passed (it was compensated).
+            SagaError: it was compensated (or failed with compensation disabled) for any
+                other reason; ``record.failure`` says which.
+        """
+        if self.status not in (SagaStatus.COMPENSATED, SagaStatus.FAILED):
+            return
+        failure = self.failure
+        message = self.error or f"saga '{self.saga_id}' ended {self.status.value}"
+        if failure is not None and failure.kind == "compensation_failed":
+            failed = [
+                name
+                for name, step in self.steps.items()
+                if step.status is SagaStepStatus.FAILED and step.compensation_error is not None
+            ]
+            raise CompensationFailedError(message, saga_id=self.saga_id, steps=failed)
+        if failure is not None and failure.kind == "deadline":
+            raise SagaTimeoutError(message, saga_id=self.saga_id, step_name=failure.step)
+        raise SagaError(message, saga_id=self.saga_id)
 
     def step_statuses(self) -> dict[str, SagaStepStatus]:
         """Return each step's status by name, in execution order."""

@@ -47,6 +47,7 @@ from lexigram.events.sagas._engine.rules import describe_error, idempotency_key
 from lexigram.events.sagas._engine.run import BROKEN, Interrupted, SagaRun, StopReason
 from lexigram.events.sagas._engine.writer import RecordWriter, describe_rejections
 from lexigram.events.sagas._leases import LeasePolicy
+from lexigram.events.sagas._logging import log_fields
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import SagaContext
 from lexigram.events.sagas.errors import SagaError
@@ -68,6 +69,26 @@ logger = logging.getLogger(__name__)
 _RUNNING = SagaStepStatus.RUNNING
 _COMPLETED = SagaStepStatus.COMPLETED
 _FAILED = SagaStepStatus.FAILED
+
+
+def _collect(task: asyncio.Task[None]) -> None:
+    """Read how an engine task ended, so no exception is left "never retrieved".
+
+    A run task ends with an exception only when the process is going down inside it (a
+    ``BaseException`` such as ``SystemExit``, or ``testing.SimulatedCrash``): the saga is
+    left as stored, like after a real crash, and this says so once.
+    """
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None:
+        saga_id = task.get_name().removeprefix("saga:")
+        logger.warning(
+            "%s ended by %r; its saga stays as stored",
+            task.get_name(),
+            error,
+            extra=log_fields(saga_id=saga_id if saga_id != task.get_name() else None),
+        )
 
 
 class Engine(Compensation):
@@ -132,8 +153,10 @@ class Engine(Compensation):
                 deadline_in = (record.deadline_at - self.clock()).total_seconds()
             self._deadlines.add(loop, deadline_in, run)
         run.task = loop.create_task(self._run(run), name=f"saga:{record.saga_id}")
+        run.task.add_done_callback(_collect)
         if self._heartbeat is None or self._heartbeat.done():
             self._heartbeat = loop.create_task(self._beat(), name="saga-heartbeat")
+            self._heartbeat.add_done_callback(_collect)
         return run
 
     async def _run(self, run: SagaRun) -> None:
@@ -538,7 +561,7 @@ class Engine(Compensation):
                     logger.warning(
                         "lease renewal failed; retrying",
                         exc_info=True,
-                        extra={"worker_id": self.worker_id},
+                        extra=log_fields(worker_id=self.worker_id),
                     )
                     continue
                 for saga_id in ids:
@@ -599,5 +622,7 @@ class Engine(Compensation):
                 event.saga_id,
                 type(event).__name__,
                 exc_info=True,
-                extra={"saga_id": event.saga_id, "saga_name": event.saga_name},
+                extra=log_fields(
+                    saga_id=event.saga_id, saga_name=event.saga_name, worker_id=self.worker_id
+                ),
             )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from lexigram.events.sagas._engine.backoff import CLAIM_RETRY
 from lexigram.events.sagas._engine.engine import Engine
 from lexigram.events.sagas._engine.flow import Flow, align_cursor, check_resumable
+from lexigram.events.sagas._logging import log_fields
 from lexigram.events.sagas.errors import (
     CorruptRecordError,
     SagaDefinitionError,
@@ -146,11 +147,11 @@ class Recovery:
                 problem.saga_id,
                 problem.saga_name,
                 problem.reason,
-                extra={
-                    "saga_id": problem.saga_id,
-                    "saga_name": problem.saga_name,
-                    "worker_id": engine.worker_id,
-                },
+                extra=log_fields(
+                    saga_id=problem.saga_id,
+                    saga_name=problem.saga_name,
+                    worker_id=engine.worker_id,
+                ),
             )
         return resumed, problems
 
@@ -173,7 +174,7 @@ class Recovery:
                 logger.warning(
                     "recover(): store unavailable; retrying in %.1fs",
                     delay,
-                    extra={"worker_id": engine.worker_id},
+                    extra=log_fields(worker_id=engine.worker_id),
                 )
                 await engine.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -192,7 +193,7 @@ class Recovery:
                     "recover(): could not list %s sagas to report",
                     status,
                     exc_info=True,
-                    extra={"worker_id": self._engine.worker_id},
+                    extra=log_fields(worker_id=self._engine.worker_id),
                 )
                 continue
             for record in records:

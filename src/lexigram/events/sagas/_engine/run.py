@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Any, Final
 
 from lexigram.events.sagas._engine.flow import Flow
+from lexigram.events.sagas._logging import log_fields
 from lexigram.events.sagas.context import SagaContext
 from lexigram.events.sagas.events import SagaEvent
 from lexigram.events.sagas.types import SagaRecord
@@ -115,13 +116,14 @@ class SagaRun:
 
     def log_extra(self, step: str | None = None, attempt: int | None = None) -> dict[str, Any]:
         """The structured fields every log record about this run carries (no payloads)."""
-        return {
-            "saga_id": self.record.saga_id,
-            "saga_name": self.record.saga_name,
-            "step": step,
-            "attempt": attempt,
-            "worker_id": self.worker_id,
-        }
+        record = self.record
+        return log_fields(
+            saga_id=record.saga_id,
+            saga_name=record.saga_name,
+            step=step,
+            attempt=attempt,
+            worker_id=self.worker_id,
+        )
 
     def add_waiter(self) -> asyncio.Future[SagaRecord | None]:
         """Return a future resolved with the terminal record (``None``: the run stopped)."""
