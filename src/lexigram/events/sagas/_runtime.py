@@ -25,7 +25,8 @@ from lexigram.events.sagas._engine.engine import Engine, StopReason
 from lexigram.events.sagas._engine.flow import Flow
 from lexigram.events.sagas._engine.recovery import Recovery, RecoveryProblem
 from lexigram.events.sagas._logging import log_fields
-from lexigram.events.sagas.codec import check_data
+from lexigram.events.sagas._subscriptions import Subscriptions
+from lexigram.events.sagas.codec import MAX_SAGA_ID_LENGTH, check_data, check_saga_id
 from lexigram.events.sagas.config import SagaConfig, check_count
 from lexigram.events.sagas.errors import (
     ConcurrencyConflictError,
@@ -42,9 +43,6 @@ __all__ = ["MAX_SAGA_ID_LENGTH", "RecoveryProblem", "SagaRuntime"]
 
 logger = logging.getLogger(__name__)
 
-MAX_SAGA_ID_LENGTH = 200
-"""Longest ``saga_id`` accepted by ``start()``."""
-
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
@@ -55,30 +53,9 @@ def _default_worker_id() -> str:
 
 
 @dataclass(slots=True)
-class _Subscription:
-    event_type: type[DomainEvent]
-    handler: Callable[[Any], Awaitable[None]]
-
-
-@dataclass(slots=True)
 class _Registry:
     flows: dict[str, Flow] = field(default_factory=dict)
     sources: dict[str, object] = field(default_factory=dict)
-
-
-def check_saga_id(saga_id: object) -> str:
-    """Validate a caller-chosen saga id; raise ``SagaDataError`` naming the problem."""
-    if not isinstance(saga_id, str):
-        raise SagaDataError(f"saga_id must be a str, got {type(saga_id).__name__}")
-    if not saga_id or saga_id.strip() != saga_id:
-        raise SagaDataError("saga_id must be non-empty, without leading or trailing spaces")
-    if len(saga_id) > MAX_SAGA_ID_LENGTH:
-        raise SagaDataError(
-            f"saga_id is {len(saga_id)} characters long; the limit is {MAX_SAGA_ID_LENGTH}"
-        )
-    if not saga_id.isprintable():
-        raise SagaDataError("saga_id must not contain control characters")
-    return saga_id
 
 
 class SagaRuntime:
@@ -115,7 +92,7 @@ class SagaRuntime:
         self._clock = clock
         self._registry = _Registry()
         self._timeout_delta = timedelta(seconds=self._config.default_timeout_seconds)
-        self._subscriptions: list[_Subscription] = []
+        self._subscriptions = None if event_bus is None else Subscriptions(event_bus)
         self._starting: set[str] = set()  # ids whose start() is storing them right now
         self._started = asyncio.Event()  # set whenever no start() is storing a saga
         self._started.set()
@@ -455,8 +432,8 @@ class SagaRuntime:
         Returns:
             A function that stops listening (returns whether it was listening).
         """
-        bus = self._bus
-        if bus is None:
+        subscriptions = self._subscriptions
+        if subscriptions is None:
             raise SagaError("start_on() needs an event_bus on the manager")
         self.flow(saga_name)  # fail now on an unknown name
 
@@ -470,16 +447,7 @@ class SagaRuntime:
             chosen = saga_id(event) if saga_id is not None else f"{saga_name}:{event.event_id}"
             await self.start(saga_name, payload, chosen)
 
-        bus.subscribe(event_type, handler)
-        subscription = _Subscription(event_type, handler)
-        self._subscriptions.append(subscription)
-
-        def stop_listening() -> bool:
-            if subscription in self._subscriptions:
-                self._subscriptions.remove(subscription)
-            return bus.unsubscribe(event_type, handler)
-
-        return stop_listening
+        return subscriptions.add(event_type, handler)
 
     # ------------------------------------------------------------------ shutdown
 
@@ -497,10 +465,8 @@ class SagaRuntime:
             return
         self._closed = True
         await self._started.wait()  # starts already storing a saga launch it first
-        for subscription in self._subscriptions:
-            if self._bus is not None:
-                self._bus.unsubscribe(subscription.event_type, subscription.handler)
-        self._subscriptions.clear()
+        if self._subscriptions is not None:
+            self._subscriptions.clear()
         engine = self._engine
         tasks = {run.task for run in engine.runs.values() if run.task is not None}
         if tasks:

@@ -39,8 +39,10 @@ from lexigram.events.sagas.types import (
 __all__ = [
     "EPOCH",
     "FORMAT_VERSION",
+    "MAX_SAGA_ID_LENGTH",
     "bad_keys",
     "check_data",
+    "check_saga_id",
     "decode_record",
     "dump_record",
     "dumps_json",
@@ -133,6 +135,25 @@ def parse_time(value: object, field: str, saga_id: str | None = None) -> datetim
     raise CorruptRecordError(
         f"saga record field '{field}' is not a UTC timestamp", saga_id=saga_id, field=field
     )
+
+
+MAX_SAGA_ID_LENGTH = 200
+"""Longest ``saga_id`` accepted by ``start()``."""
+
+
+def check_saga_id(saga_id: object) -> str:
+    """Validate a caller-chosen saga id; raise ``SagaDataError`` naming the problem."""
+    if not isinstance(saga_id, str):
+        raise SagaDataError(f"saga_id must be a str, got {type(saga_id).__name__}")
+    if not saga_id or saga_id.strip() != saga_id:
+        raise SagaDataError("saga_id must be non-empty, without leading or trailing spaces")
+    if len(saga_id) > MAX_SAGA_ID_LENGTH:
+        raise SagaDataError(
+            f"saga_id is {len(saga_id)} characters long; the limit is {MAX_SAGA_ID_LENGTH}"
+        )
+    if not saga_id.isprintable():
+        raise SagaDataError("saga_id must not contain control characters")
+    return saga_id
 
 
 def check_data(data: object, *, what: str = "data") -> dict[str, Any]:

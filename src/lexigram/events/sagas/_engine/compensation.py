@@ -13,6 +13,7 @@ from random import random as _random
 from typing import Any
 
 from lexigram.events.sagas import events as ev
+from lexigram.events.sagas._engine.announce import Announcer
 from lexigram.events.sagas._engine.attempt import attempt_once
 from lexigram.events.sagas._engine.backoff import retry_backoff
 from lexigram.events.sagas._engine.flow import FlowStep
@@ -53,6 +54,7 @@ class Compensation:
     config: SagaConfig
     clock: Callable[[], datetime]
     rand: Callable[[], float] = _random
+    events: Announcer
     _writer: RecordWriter
 
     async def _pause(
@@ -60,13 +62,18 @@ class Compensation:
     ) -> None:  # pragma: no cover - provided by Engine
         raise NotImplementedError
 
-    async def _publish(
-        self, run: SagaRun, event_type: type[ev.SagaEvent], step: str | None = None, **f: Any
-    ) -> None:  # pragma: no cover - provided by Engine
-        raise NotImplementedError
-
-    async def _announce(self, run: SagaRun) -> None:  # pragma: no cover - provided by Engine
-        raise NotImplementedError
+    async def _announce(self, run: SagaRun) -> None:
+        """Publish the terminal event and wake the waiters (the record is durable now)."""
+        record = run.record
+        if self.events.bus is None:
+            pass
+        elif record.status is SagaStatus.COMPLETED:
+            await self.events.publish(run, ev.SagaCompleted)
+        elif record.status is SagaStatus.COMPENSATED:
+            await self.events.publish(run, ev.SagaCompensated, error=record.error or "")
+        else:
+            await self.events.publish(run, ev.SagaFailed, error=record.error or "")
+        run.finish(record)
 
     # ------------------------------------------------------------------ writes
 
@@ -120,7 +127,7 @@ class Compensation:
             return
         move_saga(record, SagaStatus.COMPENSATING)
         await self._save_noting(run, failure.step)
-        await self._publish(run, ev.SagaCompensating, error=failure.message)
+        await self.events.publish(run, ev.SagaCompensating, error=failure.message)
         await self._compensate(run, poisoned=False)
 
     def _to_compensate(self, run: SagaRun) -> list[SagaStepRecord]:
@@ -151,7 +158,7 @@ class Compensation:
             last = index + 1 == len(todo)
             await self._save_noting(run, None, finish=self._settle(record) if last else None)
             if step.status is SagaStepStatus.COMPENSATED:
-                await self._publish(run, ev.SagaStepCompensated, step.step_name)
+                await self.events.publish(run, ev.SagaStepCompensated, step.step_name)
         await self._announce(run)
 
     @staticmethod

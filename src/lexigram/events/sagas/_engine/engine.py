@@ -29,7 +29,6 @@ shutdown and a lost lease stop everything, without writing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -38,13 +37,16 @@ from typing import Any
 
 from lexigram.events._bus import EventBusProtocol
 from lexigram.events.sagas import events as ev
+from lexigram.events.sagas._engine.announce import Announcer
 from lexigram.events.sagas._engine.attempt import attempt_once
 from lexigram.events.sagas._engine.backoff import retry_backoff
 from lexigram.events.sagas._engine.compensation import Compensation, poison_message
 from lexigram.events.sagas._engine.deadlines import DeadlineTimer
 from lexigram.events.sagas._engine.flow import Flow, FlowStep
+from lexigram.events.sagas._engine.heartbeat import Heartbeat
 from lexigram.events.sagas._engine.rules import describe_error, idempotency_key
 from lexigram.events.sagas._engine.run import BROKEN, Interrupted, SagaRun, StopReason
+from lexigram.events.sagas._engine.steps import enter_step, fail_in_flight, fail_step, next_step
 from lexigram.events.sagas._engine.writer import RecordWriter, describe_rejections
 from lexigram.events.sagas._leases import LeasePolicy
 from lexigram.events.sagas._logging import log_fields
@@ -56,7 +58,6 @@ from lexigram.events.sagas.types import (
     SagaFailure,
     SagaRecord,
     SagaStatus,
-    SagaStepRecord,
     SagaStepStatus,
     move_saga,
     move_step,
@@ -117,10 +118,18 @@ class Engine(Compensation):
         self.lease = LeasePolicy(config.lease_seconds)
         self.runs: dict[str, SagaRun] = {}
         self.closed = False
+        self.events = Announcer(event_bus, worker_id)
         self._writer = RecordWriter(
-            store, config, clock, self.lease, sleep=sleep, publish=self._emit
+            store, config, clock, self.lease, sleep=sleep, publish=self.events.emit
         )
-        self._heartbeat: asyncio.Task[None] | None = None
+        self._heartbeat = Heartbeat(
+            store,
+            self.lease,
+            worker_id=worker_id,
+            lease_id=lease_id,
+            runs=self.runs,
+            on_done=_collect,
+        )
         self._deadlines = DeadlineTimer(StopReason.DEADLINE, "saga deadline passed")
 
     # ------------------------------------------------------------------ launching
@@ -154,9 +163,7 @@ class Engine(Compensation):
             self._deadlines.add(loop, deadline_in, run)
         run.task = loop.create_task(self._run(run), name=f"saga:{record.saga_id}")
         run.task.add_done_callback(_collect)
-        if self._heartbeat is None or self._heartbeat.done():
-            self._heartbeat = loop.create_task(self._beat(), name="saga-heartbeat")
-            self._heartbeat.add_done_callback(_collect)
+        self._heartbeat.ensure(loop)
         return run
 
     async def _run(self, run: SagaRun) -> None:
@@ -174,14 +181,14 @@ class Engine(Compensation):
                 return
             if record.status is SagaStatus.PENDING:
                 move_saga(record, SagaStatus.RUNNING)
-                self._queue(run, ev.SagaStarted)
+                self.events.queue(run, ev.SagaStarted)
             failure: SagaFailure | None
             try:
                 if broken is not None:
                     failure = broken
                 elif poisoned:
                     message = poison_message(record)
-                    self._fail_in_flight(run, message)
+                    fail_in_flight(run, message, self.clock())
                     name = record.current_step
                     failure = SagaFailure("crash_loop", name, f"step '{name}' failed: {message}")
                 else:
@@ -192,7 +199,7 @@ class Engine(Compensation):
                 if stop.reason.is_hard:
                     raise
                 failure = self._stop_failure(run)
-                self._fail_in_flight(run, failure.message)
+                fail_in_flight(run, failure.message, self.clock())
             await self._begin_compensation(run, failure)
         except Interrupted as stop:
             logger.info(
@@ -258,19 +265,6 @@ class Engine(Compensation):
             return SagaFailure("deadline", step, message)
         return SagaFailure("cancelled", step, f"saga cancelled: {run.stop_message or 'cancelled'}")
 
-    def _fail_in_flight(self, run: SagaRun, error: str) -> None:
-        """Mark the steps that were running (or about to run) as failed with ``error``."""
-        running = [step for step in run.record.steps.values() if step.status is _RUNNING]
-        name = run.record.current_step
-        if not running and name is not None and name in run.flow.steps:
-            step = run.record.steps.get(name)
-            if step is None or step.status is not _COMPLETED:
-                self._record_failure(run, run.flow.steps[name], error)
-        for step in running:
-            move_step(step, _FAILED)
-            step.error = error
-            step.completed_at = self.clock()
-
     async def _forward(self, run: SagaRun) -> SagaFailure | None:
         """Run steps from ``current_step``; return ``None`` when completed, else why not."""
         record = run.record
@@ -300,7 +294,7 @@ class Engine(Compensation):
             else:
                 failure = await self._run_step(run, node, run.ctx, task)
             if failure is None:
-                nxt, problem = self._next_step(run, node)
+                nxt, problem = next_step(run, node)
                 if problem:
                     # The step's action completed (it stays COMPLETED and is compensated);
                     # the flow cannot go on from it.
@@ -321,58 +315,11 @@ class Engine(Compensation):
                 continue
             return failure
 
-    def _next_step(self, run: SagaRun, node: FlowStep) -> tuple[str | None, str]:
-        """Resolve where the flow goes after ``node``: ``(name, "")`` or ``(None, error)``."""
-        target = node.next
-        if target is None or isinstance(target, str):
-            return target, ""
-        try:
-            chosen = target(run.ctx)
-        except Exception as exc:
-            return None, f"the transition after step '{node.name}' raised {describe_error(exc)}"
-        if chosen is None:
-            return None, ""
-        if not isinstance(chosen, str) or chosen not in run.flow.steps:
-            return None, f"the transition after step '{node.name}' returned unknown step {chosen!r}"
-        if run.flow.steps[chosen].parent is not None:
-            return None, (
-                f"the transition after step '{node.name}' returned '{chosen}', a child of a "
-                "parallel group"
-            )
-        return chosen, ""
-
-    def _record_failure(self, run: SagaRun, node: FlowStep, error: str) -> None:
-        step = run.record.steps.get(node.name)
-        if step is None:
-            step = run.record.steps[node.name] = SagaStepRecord(node.name, parent=node.parent)
-        move_step(step, _FAILED)
-        step.error = error
-        step.completion_seq = None
-        step.completed_at = self.clock()
-        run.ctx.step_results.pop(node.name, None)
-
-    def _enter(self, run: SagaRun, node: FlowStep) -> SagaStepRecord:
-        """Return the step's record, starting a new visit unless one is in progress."""
-        record = run.record
-        step = record.steps.get(node.name)
-        if step is None:
-            step = record.steps[node.name] = SagaStepRecord(node.name, parent=node.parent)
-        if step.status is not _RUNNING or step.visits == 0:
-            move_step(step, _RUNNING)
-            step.visits += 1
-            step.attempts = 0
-            step.attempt_errors = []
-            step.error = None
-            step.completion_seq = None
-            step.completed_at = None
-            step.started_at = self.clock()
-        return step
-
     async def _run_step(
         self, run: SagaRun, node: FlowStep, ctx: SagaContext, task: asyncio.Task[Any]
     ) -> SagaFailure | None:
         """Attempt one step until it succeeds (``None``), fails for good, or is stopped."""
-        step = self._enter(run, node)
+        step = enter_step(run, node, self.clock())
         policy = node.policy
         name = node.name
         ctx.step_name = name
@@ -403,7 +350,7 @@ class Engine(Compensation):
             step.attempt_errors.append(error)
             step.error = error
             if outcome.retryable and attempt <= policy.max_retries:
-                self._queue(
+                self.events.queue(
                     run, ev.SagaStepFailed, name, attempt=attempt, error=error, will_retry=True
                 )
                 refused = await self._writer.save(run)
@@ -411,11 +358,11 @@ class Engine(Compensation):
                     delay = retry_backoff(policy.retry_delay, self.config).delay(attempt, self.rand)
                     await self._pause(run, delay, task, forward=True)
                     continue
-                if self.bus is not None:
+                if run.outbox:
                     run.outbox.pop()  # it will not be retried after all
                 error = step.error = self._refused_error(name, refused)
                 kind = "step_error"
-            self._queue(
+            self.events.queue(
                 run, ev.SagaStepFailed, name, attempt=attempt, error=error, will_retry=False
             )
             move_step(step, _FAILED)
@@ -440,7 +387,7 @@ class Engine(Compensation):
         self, run: SagaRun, node: FlowStep, ctx: SagaContext, task: asyncio.Task[Any]
     ) -> SagaFailure | None:
         """Run a parallel group's unfinished children concurrently; wait for all of them."""
-        group = self._enter(run, node)
+        group = enter_step(run, node, self.clock())
         steps = run.record.steps
         pending = [
             child
@@ -513,12 +460,14 @@ class Engine(Compensation):
         """Persist a step's completion; a value no store can hold fails the step instead."""
         refused = await self._writer.save(run, finish=finish)
         if not refused:
-            if self.bus is not None:
-                await self._publish(run, ev.SagaStepCompleted, node.name, attempt=run.ctx.attempt)
+            if self.bus is not None:  # checked here: the event is not even built without
+                await self.events.publish(
+                    run, ev.SagaStepCompleted, node.name, attempt=run.ctx.attempt
+                )
             return None
         error = self._refused_error(node.name, refused)
-        self._record_failure(run, node, error)
-        self._queue(
+        fail_step(run, node, error, self.clock())
+        self.events.queue(
             run,
             ev.SagaStepFailed,
             node.name,
@@ -528,101 +477,10 @@ class Engine(Compensation):
         )
         return SagaFailure("step_error", node.name, f"step '{node.name}' failed: {error}")
 
-    async def _announce(self, run: SagaRun) -> None:
-        """Publish the terminal event and wake the waiters (the record is durable now)."""
-        record = run.record
-        if self.bus is None:
-            pass
-        elif record.status is SagaStatus.COMPLETED:
-            await self._publish(run, ev.SagaCompleted)
-        elif record.status is SagaStatus.COMPENSATED:
-            await self._publish(run, ev.SagaCompensated, error=record.error or "")
-        else:
-            await self._publish(run, ev.SagaFailed, error=record.error or "")
-        run.finish(record)
-
     # ------------------------------------------------------------------ leases and events
-
-    async def _beat(self) -> None:
-        """Renew the leases of every running saga; end when a tick finds none running."""
-        try:
-            while True:
-                await asyncio.sleep(self.lease.heartbeat_interval)
-                ids = list(self.runs)
-                if not ids:
-                    break
-                try:
-                    held = set(
-                        await self.store.renew(
-                            self.worker_id, self.lease_id, ids, lease_seconds=self.lease.seconds
-                        )
-                    )
-                except Exception:
-                    logger.warning(
-                        "lease renewal failed; retrying",
-                        exc_info=True,
-                        extra=log_fields(worker_id=self.worker_id),
-                    )
-                    continue
-                for saga_id in ids:
-                    run = self.runs.get(saga_id)
-                    if saga_id not in held and run is not None and not run.record.is_terminal:
-                        logger.warning(
-                            "saga %s: lease lost to another worker", saga_id, extra=run.log_extra()
-                        )
-                        run.stop(StopReason.LEASE_LOST)
-        finally:
-            self._heartbeat = None
 
     async def close(self) -> None:
         """Stop the heartbeat and deadline timer (runs must be finished or stopped)."""
         self.closed = True
         self._deadlines.close()
-        beat = self._heartbeat
-        if beat is not None:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
-
-    def _event(
-        self, run: SagaRun, event_type: type[ev.SagaEvent], step: str | None, fields: Any
-    ) -> ev.SagaEvent:
-        record = run.record
-        return event_type(
-            saga_id=record.saga_id,
-            saga_name=record.saga_name,
-            correlation_id=record.correlation_id,
-            step_name=step,
-            **fields,
-        )
-
-    def _queue(
-        self, run: SagaRun, event_type: type[ev.SagaEvent], step: str | None = None, **fields: Any
-    ) -> None:
-        """Publish an event once the next write lands (the state it announces is durable)."""
-        if self.bus is not None:
-            run.outbox.append(self._event(run, event_type, step, fields))
-
-    async def _publish(
-        self, run: SagaRun, event_type: type[ev.SagaEvent], step: str | None = None, **f: Any
-    ) -> None:
-        """Publish an event now (callers make sure what it announces is durable)."""
-        if self.bus is not None:
-            await self._emit(self._event(run, event_type, step, f))
-
-    async def _emit(self, event: ev.SagaEvent) -> None:
-        bus = self.bus
-        if bus is None:
-            return
-        try:
-            await bus.publish(event)
-        except Exception:  # a failing bus never breaks a saga
-            logger.warning(
-                "saga %s: publishing %s failed",
-                event.saga_id,
-                type(event).__name__,
-                exc_info=True,
-                extra=log_fields(
-                    saga_id=event.saga_id, saga_name=event.saga_name, worker_id=self.worker_id
-                ),
-            )
+        await self._heartbeat.close()

@@ -1,0 +1,47 @@
+"""Bus subscriptions a manager holds (``start_on``), and dropping them all on ``close()``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lexigram.events._bus import EventBusProtocol
+from lexigram.events._domain import DomainEvent
+
+__all__ = ["Subscriptions"]
+
+
+@dataclass(slots=True)
+class _Subscription:
+    event_type: type[DomainEvent]
+    handler: Callable[[Any], Awaitable[None]]
+
+
+class Subscriptions:
+    """The handlers one manager subscribed on one bus."""
+
+    def __init__(self, bus: EventBusProtocol) -> None:
+        self._bus = bus
+        self._held: list[_Subscription] = []
+
+    def add(
+        self, event_type: type[DomainEvent], handler: Callable[[Any], Awaitable[None]]
+    ) -> Callable[[], bool]:
+        """Subscribe ``handler``; return a function that unsubscribes it (and says if it was)."""
+        self._bus.subscribe(event_type, handler)
+        subscription = _Subscription(event_type, handler)
+        self._held.append(subscription)
+
+        def stop_listening() -> bool:
+            if subscription in self._held:
+                self._held.remove(subscription)
+            return self._bus.unsubscribe(event_type, handler)
+
+        return stop_listening
+
+    def clear(self) -> None:
+        """Unsubscribe every handler."""
+        for subscription in self._held:
+            self._bus.unsubscribe(subscription.event_type, subscription.handler)
+        self._held.clear()
