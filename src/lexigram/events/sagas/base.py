@@ -132,32 +132,16 @@ def compile_saga(
                 step_name=step_name,
             )
     order = tuple(actions)
-    steps: dict[str, FlowStep] = {}
-    for index, step_name in enumerate(order):
-        action, action_spec = actions[step_name]
-        compensation = compensations.get(step_name)
-        steps[step_name] = FlowStep(
-            name=step_name,
-            action=action,
-            compensation=None if compensation is None else compensation[0],
-            policy=resolve_policy(
-                class_name,
-                step_name,
-                config,
-                max_retries=action_spec.max_retries,
-                retry_delay=action_spec.retry_delay,
-                timeout=action_spec.timeout,
-            ),
-            compensation_policy=resolve_policy(
-                class_name,
-                step_name,
-                config,
-                max_retries=None if compensation is None else compensation[1].max_retries,
-                retry_delay=None if compensation is None else compensation[1].retry_delay,
-                timeout=None if compensation is None else compensation[1].timeout,
-            ),
-            next=order[index + 1] if index + 1 < len(order) else None,
+    steps = {
+        step_name: _flow_step(
+            class_name,
+            config,
+            actions[step_name],
+            compensations.get(step_name),
+            order[index + 1] if index + 1 < len(order) else None,
         )
+        for index, step_name in enumerate(order)
+    }
     flow = Flow(
         name=saga_name,
         steps=steps,
@@ -171,6 +155,40 @@ def compile_saga(
 
 
 _Found = tuple[StepCallable, StepSpec]
+
+
+def _flow_step(
+    class_name: str,
+    config: SagaConfig,
+    action: _Found,
+    compensation: _Found | None,
+    following: str | None,
+) -> FlowStep:
+    """Compile one ``@saga_step`` action (and its compensation, if any) into a flow node."""
+    func, spec = action
+    undo_spec = None if compensation is None else compensation[1]
+    return FlowStep(
+        name=spec.name,
+        action=func,
+        compensation=None if compensation is None else compensation[0],
+        policy=resolve_policy(
+            class_name,
+            spec.name,
+            config,
+            max_retries=spec.max_retries,
+            retry_delay=spec.retry_delay,
+            timeout=spec.timeout,
+        ),
+        compensation_policy=resolve_policy(
+            class_name,
+            spec.name,
+            config,
+            max_retries=None if undo_spec is None else undo_spec.max_retries,
+            retry_delay=None if undo_spec is None else undo_spec.retry_delay,
+            timeout=None if undo_spec is None else undo_spec.timeout,
+        ),
+        next=following,
+    )
 
 
 def _collect_steps(

@@ -182,19 +182,10 @@ class Engine(Compensation):
             if record.status is SagaStatus.PENDING:
                 move_saga(record, SagaStatus.RUNNING)
                 self.events.queue(run, ev.SagaStarted)
-            failure: SagaFailure | None
             try:
-                if broken is not None:
-                    failure = broken
-                elif poisoned:
-                    message = poison_message(record)
-                    fail_in_flight(run, message, self.clock())
-                    name = record.current_step
-                    failure = SagaFailure("crash_loop", name, f"step '{name}' failed: {message}")
-                else:
-                    failure = await self._forward(run)
-                    if failure is None:
-                        return
+                failure = broken or (self._poison(run) if poisoned else await self._forward(run))
+                if failure is None:
+                    return
             except Interrupted as stop:
                 if stop.reason.is_hard:
                     raise
@@ -211,18 +202,14 @@ class Engine(Compensation):
             release = stop.reason is not StopReason.LEASE_LOST
         except asyncio.CancelledError:
             logger.info(
-                "saga %s task cancelled; it stays resumable", record.saga_id, extra=run.log_extra()
+                "saga %s task cancelled; stays resumable", record.saga_id, extra=run.log_extra()
             )
             release = True
             raise
         except Exception:
             # An engine or store failure, never a step failure: leave the saga as stored
             # so any worker can recover it, and say why.
-            logger.exception(
-                "saga %s could not continue; it stays resumable",
-                record.saga_id,
-                extra=run.log_extra(),
-            )
+            logger.exception("saga %s could not continue", record.saga_id, extra=run.log_extra())
             release = True
         finally:
             del self.runs[record.saga_id]
@@ -231,6 +218,13 @@ class Engine(Compensation):
             run.finish(None)
             if record.deadline_at is not None:
                 self._deadlines.finished()
+
+    def _poison(self, run: SagaRun) -> SagaFailure:
+        """Fail the step in flight of a saga that kept crashing its worker."""
+        message = poison_message(run.record)
+        fail_in_flight(run, message, self.clock())
+        name = run.record.current_step
+        return SagaFailure("crash_loop", name, f"step '{name}' failed: {message}")
 
     def _build_instance(self, run: SagaRun) -> SagaFailure | None:
         """Build the saga object for this run; a factory that raises fails the saga."""
