@@ -5,10 +5,12 @@ Every error the library raises on purpose derives from :class:`SagaError`::
     SagaError
     ├── SagaDefinitionError        (also ValueError)  a saga or flow definition is invalid
     ├── SagaNotFoundError          (also KeyError)    no saga registered under a name / no such id
-    ├── SagaDataError              (also TypeError)   context data is not a JSON object
-    ├── SagaTimeoutError           (also TimeoutError) a step attempt, a saga or a wait timed out
+    ├── SagaDataError              (also TypeError)   a value no store can hold (``rejections``)
+    ├── SagaTimeoutError           (also TimeoutError) ``wait()`` timed out; a step attempt or
+    │                                                  the saga's deadline timed out
     ├── NonRetryableError                              raise it (or a subclass) to skip retries
-    ├── CompensationFailedError                        one or more compensations gave up
+    ├── CompensationFailedError                        ``raise_for_failure()`` of a saga whose
+    │                                                  compensations gave up
     ├── SagaLeaseError                                 another worker holds or took the saga
     └── SagaStoreError                                 the store failed
         ├── ConcurrencyConflictError                   stale version on save
