@@ -1,5 +1,9 @@
 """Shared fixtures: strict asyncio, hypothesis profiles, and the PostgreSQL switch.
 
+Strict asyncio (``tests/support/strict_asyncio.py``): every loop runs in debug mode, a
+callback that holds the loop for 0.25 s or more fails its test (opt out with
+``@pytest.mark.allow_blocking``), and pytest-timeout fails a test after 60 s.
+
 PostgreSQL tests use ``LEXIGRAM_TEST_POSTGRES_DSN`` (default
 ``postgresql://postgres@127.0.0.1:5432/test``). When no server answers they are skipped
 with the reason, unless ``LEXIGRAM_REQUIRE_POSTGRES=1`` (set by ``.ci/run``), which turns
@@ -18,6 +22,8 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from tests.support.crash_support import Target, Workers, make_target
+
+pytest_plugins = ["pytester", "tests.support.strict_asyncio"]
 
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.register_profile(
