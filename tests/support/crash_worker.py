@@ -43,10 +43,10 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar, cast
 
 from lexigram.events.sagas import (
     ConcurrencyConflictError,
@@ -60,7 +60,7 @@ from lexigram.events.sagas import (
     SagaStore,
     saga_step,
 )
-from lexigram.events.sagas.testing import StoreWrapper
+from lexigram.events.sagas.testing import StoreCall, StoreWrapper
 
 __all__ = [
     "LIVE_STATUSES",
@@ -72,6 +72,8 @@ __all__ = [
     "open_store",
     "recover_until",
 ]
+
+T = TypeVar("T")
 
 SAGA_NAME = "crash_saga"
 LIVE_STATUSES = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
@@ -241,13 +243,24 @@ class InstrumentedStore(StoreWrapper):
         if self.log is not None:
             self.log.write(kind, saga, **fields)
 
-    async def save(self, record: SagaRecord) -> None:
-        """Save through; log the write (or its rejection); maybe die right after it."""
+    async def forward(self, call: StoreCall[T]) -> T:
+        """Forward ``call``; log the writes (and rejected saves); maybe die after a save."""
         try:
-            await super().save(record)
+            result = await call.send(self.inner)
         except ConcurrencyConflictError:
-            self._note("rejected", record.saga_id, v=record.version, status=record.status.value)
+            if call.method == "save":
+                record: SagaRecord = call.arguments["record"]
+                self._note("rejected", record.saga_id, v=record.version, status=record.status.value)
             raise
+        if call.method == "save":
+            self._saved(call.arguments["record"])
+        elif call.method == "claim":
+            self._claimed(cast("builtins.list[SagaRecord]", result))
+        elif call.method == "release":
+            self._note("release", call.arguments["saga_id"], held=result)
+        return result
+
+    def _saved(self, record: SagaRecord) -> None:
         self.saves += 1
         self._note(
             "save",
@@ -259,25 +272,7 @@ class InstrumentedStore(StoreWrapper):
         if self.saves == self.kill_after_save:
             kill_self()
 
-    async def claim(
-        self,
-        owner: str,
-        lease_id: str,
-        *,
-        lease_seconds: float,
-        saga_names: Collection[str],
-        limit: int = 100,
-        saga_id: str | None = None,
-    ) -> builtins.list[SagaRecord]:
-        """Claim through; log every saga taken."""
-        records = await super().claim(
-            owner,
-            lease_id,
-            lease_seconds=lease_seconds,
-            saga_names=saga_names,
-            limit=limit,
-            saga_id=saga_id,
-        )
+    def _claimed(self, records: builtins.list[SagaRecord]) -> None:
         for record in records:
             self.claimed.append(record.saga_id)
             self._note(
@@ -287,13 +282,6 @@ class InstrumentedStore(StoreWrapper):
                 previous=record.previous_owner,
                 attempts=record.recovery_attempts,
             )
-        return records
-
-    async def release(self, saga_id: str, owner: str, lease_id: str) -> bool:
-        """Release through; log it."""
-        held = await super().release(saga_id, owner, lease_id)
-        self._note("release", saga_id, held=held)
-        return held
 
 
 def open_store(kind: str, target: str, table: str) -> SagaStore:

@@ -12,20 +12,22 @@ import builtins
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from lexigram.events.sagas.base import SagaBase, saga_step
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import SagaContext
 from lexigram.events.sagas.manager import SagaManager
 from lexigram.events.sagas.store import InMemorySagaStore, SagaStore
-from lexigram.events.sagas.testing import FaultyStore, SimulatedCrash
+from lexigram.events.sagas.testing import FaultyStore, SimulatedCrash, StoreCall
 from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepRecord, SagaStepStatus
 
 WAIT = 5.0
 """A safety net against hangs; never reached when a test passes."""
 
 Behaviour = Callable[[SagaContext], Awaitable[object]]
+
+T = TypeVar("T")
 
 
 Crash = SimulatedCrash
@@ -253,16 +255,10 @@ class FaultStore(FaultyStore):
         """Every save that reached the inner store, oldest first."""
         return [(saga_id, version - 1, version, status) for saga_id, version, status in self.saved]
 
-    def _before(self) -> int:
+    async def forward(self, call: StoreCall[T]) -> T:
+        """Forward ``call``; set ``crashed`` when it dies with ``Crash``."""
         try:
-            return super()._before()
-        except Crash:
-            self.crashed.set()
-            raise
-
-    def _after(self, number: int) -> None:
-        try:
-            super()._after(number)
+            return await super().forward(call)
         except Crash:
             self.crashed.set()
             raise

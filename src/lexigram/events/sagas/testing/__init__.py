@@ -1,4 +1,4 @@
-"""Helpers for testing your sagas: a fault-injecting store wrapper and a manual clock.
+"""Helpers for testing your sagas: store wrappers and a manual clock.
 
 Example — crash a worker right after its second write, then recover in a "new process"::
 
@@ -17,14 +17,43 @@ Example — crash a worker right after its second write, then recover in a "new 
 from __future__ import annotations
 
 import builtins
-from collections.abc import Collection, Iterable, Sequence
+import inspect
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, Literal, TypeVar, get_args
 
 from lexigram.events.sagas.errors import SagaStoreUnavailableError
 from lexigram.events.sagas.store import SagaStore
 from lexigram.events.sagas.types import SagaRecord, SagaStatus
 
-__all__ = ["FaultyStore", "ManualClock", "SimulatedCrash", "StoreWrapper"]
+__all__ = [
+    "FaultyStore",
+    "ManualClock",
+    "SimulatedCrash",
+    "StoreCall",
+    "StoreMethod",
+    "StoreWrapper",
+]
+
+T = TypeVar("T")
+_Result_co = TypeVar("_Result_co", covariant=True)
+
+StoreMethod = Literal[
+    "save",
+    "load",
+    "list_by_name",
+    "list",
+    "delete",
+    "claim",
+    "renew",
+    "release",
+    "delete_terminal",
+    "close",
+]
+"""The name of a :class:`SagaStore` method."""
+
+_VERSIONED_WRITES: frozenset[StoreMethod] = frozenset({"save", "claim", "release"})
 
 
 class SimulatedCrash(BaseException):
@@ -53,19 +82,105 @@ class ManualClock:
         self.now += timedelta(seconds=seconds)
 
 
-class StoreWrapper:
-    """A store that passes every call through to ``inner``.
+@dataclass(frozen=True)  # no slots: with them, StoreCall[int](...) fails on Python 3.11
+class StoreCall(Generic[_Result_co]):
+    """One call of a :class:`SagaStore` method, as :meth:`StoreWrapper.forward` receives it.
 
-    Subclass it to observe or disturb some calls (as :class:`FaultyStore` does) and
-    inherit the rest.
+    Its type parameter is what the method returns.
+
+    Attributes:
+        method: The method's name, e.g. ``"save"``.
+        arguments: Every argument by its parameter name in :class:`SagaStore`, e.g.
+            ``{"record": record}`` for ``save`` or ``{"saga_id": ..., "owner": ...,
+            "lease_id": ...}`` for ``release``.
+    """
+
+    method: StoreMethod
+    arguments: Mapping[str, Any]
+
+    @property
+    def is_write(self) -> bool:
+        """Whether this is ``save``, ``claim`` or ``release``: a write that raises a version.
+
+        ``renew`` and the deletes are not counted (``renew`` leaves the version alone).
+        """
+        return self.method in _VERSIONED_WRITES
+
+    async def send(self, store: SagaStore) -> _Result_co:
+        """Make this call on ``store``, positional and keyword arguments as the port has them."""
+        args: builtins.list[Any] = []
+        kwargs: dict[str, Any] = {}
+        for parameter in _PARAMETERS[self.method]:
+            value = self.arguments[parameter.name]
+            if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
+                kwargs[parameter.name] = value
+            else:
+                args.append(value)
+        result: _Result_co = await getattr(store, self.method)(*args, **kwargs)
+        return result
+
+
+class StoreWrapper:
+    """A store that passes every call through to ``inner``, all through :meth:`forward`.
+
+    Subclass it and override :meth:`forward` alone to observe or disturb calls: it sees each
+    call as a :class:`StoreCall` and performs it with ``call.send(self.inner)``::
+
+        T = TypeVar("T")
+
+        class CountingStore(StoreWrapper):
+            def __init__(self, inner: SagaStore) -> None:
+                super().__init__(inner)
+                self.calls: list[str] = []
+
+            async def forward(self, call: StoreCall[T]) -> T:
+                self.calls.append(call.method)
+                return await call.send(self.inner)
     """
 
     def __init__(self, inner: SagaStore) -> None:
         self.inner = inner
 
+    async def forward(self, call: StoreCall[T]) -> T:
+        """Perform ``call`` on the inner store; every method of the wrapper comes here."""
+        return await call.send(self.inner)
+
+    # The SagaStore methods, typed as the port declares them; each only describes its call.
+
     async def save(self, record: SagaRecord) -> None:
-        """Save through."""
-        await self.inner.save(record)
+        """Forward ``save``."""
+        call: StoreCall[None] = StoreCall("save", {"record": record})
+        await self.forward(call)
+
+    async def load(self, saga_id: str) -> SagaRecord | None:
+        """Forward ``load``."""
+        call: StoreCall[SagaRecord | None] = StoreCall("load", {"saga_id": saga_id})
+        return await self.forward(call)
+
+    async def list_by_name(self, saga_name: str) -> builtins.list[SagaRecord]:
+        """Forward ``list_by_name``."""
+        call: StoreCall[builtins.list[SagaRecord]] = StoreCall(
+            "list_by_name", {"saga_name": saga_name}
+        )
+        return await self.forward(call)
+
+    async def list(
+        self,
+        *,
+        saga_name: str | None = None,
+        status: SagaStatus | None = None,
+        limit: int = 100,
+    ) -> builtins.list[SagaRecord]:
+        """Forward ``list``."""
+        call: StoreCall[builtins.list[SagaRecord]] = StoreCall(
+            "list", {"saga_name": saga_name, "status": status, "limit": limit}
+        )
+        return await self.forward(call)
+
+    async def delete(self, saga_id: str) -> bool:
+        """Forward ``delete``."""
+        call: StoreCall[bool] = StoreCall("delete", {"saga_id": saga_id})
+        return await self.forward(call)
 
     async def claim(
         self,
@@ -77,62 +192,58 @@ class StoreWrapper:
         limit: int = 100,
         saga_id: str | None = None,
     ) -> builtins.list[SagaRecord]:
-        """Claim through."""
-        return await self.inner.claim(
-            owner,
-            lease_id,
-            lease_seconds=lease_seconds,
-            saga_names=saga_names,
-            limit=limit,
-            saga_id=saga_id,
+        """Forward ``claim``."""
+        call: StoreCall[builtins.list[SagaRecord]] = StoreCall(
+            "claim",
+            {
+                "owner": owner,
+                "lease_id": lease_id,
+                "lease_seconds": lease_seconds,
+                "saga_names": saga_names,
+                "limit": limit,
+                "saga_id": saga_id,
+            },
         )
-
-    async def release(self, saga_id: str, owner: str, lease_id: str) -> bool:
-        """Release through."""
-        return await self.inner.release(saga_id, owner, lease_id)
-
-    async def load(self, saga_id: str) -> SagaRecord | None:
-        """Read through."""
-        return await self.inner.load(saga_id)
-
-    async def list_by_name(self, saga_name: str) -> builtins.list[SagaRecord]:
-        """Read through."""
-        return await self.inner.list_by_name(saga_name)
-
-    async def list(
-        self,
-        *,
-        saga_name: str | None = None,
-        status: SagaStatus | None = None,
-        limit: int = 100,
-    ) -> builtins.list[SagaRecord]:
-        """Read through."""
-        return await self.inner.list(saga_name=saga_name, status=status, limit=limit)
-
-    async def delete(self, saga_id: str) -> bool:
-        """Delete through."""
-        return await self.inner.delete(saga_id)
+        return await self.forward(call)
 
     async def renew(
         self, owner: str, lease_id: str, saga_ids: Sequence[str], *, lease_seconds: float
     ) -> builtins.list[str]:
-        """Renew through."""
-        return await self.inner.renew(owner, lease_id, saga_ids, lease_seconds=lease_seconds)
+        """Forward ``renew``."""
+        call: StoreCall[builtins.list[str]] = StoreCall(
+            "renew",
+            {
+                "owner": owner,
+                "lease_id": lease_id,
+                "saga_ids": saga_ids,
+                "lease_seconds": lease_seconds,
+            },
+        )
+        return await self.forward(call)
+
+    async def release(self, saga_id: str, owner: str, lease_id: str) -> bool:
+        """Forward ``release``."""
+        call: StoreCall[bool] = StoreCall(
+            "release", {"saga_id": saga_id, "owner": owner, "lease_id": lease_id}
+        )
+        return await self.forward(call)
 
     async def delete_terminal(self, *, before: datetime, limit: int = 1000) -> int:
-        """Delete through."""
-        return await self.inner.delete_terminal(before=before, limit=limit)
+        """Forward ``delete_terminal``."""
+        call: StoreCall[int] = StoreCall("delete_terminal", {"before": before, "limit": limit})
+        return await self.forward(call)
 
     async def close(self) -> None:
-        """Close the inner store."""
-        await self.inner.close()
+        """Forward ``close`` (closing the inner store)."""
+        call: StoreCall[None] = StoreCall("close", {})
+        await self.forward(call)
 
 
 class FaultyStore(StoreWrapper):
     """Wraps a store and fails chosen writes, to test crashes and outages.
 
     Writes (``save``, ``claim``, ``release``) are numbered from 1 in the order they are
-    attempted. Reads and ``renew`` pass through.
+    attempted. Reads, ``renew`` and the deletes pass through.
 
     Args:
         inner: The store that really keeps the data.
@@ -162,54 +273,29 @@ class FaultyStore(StoreWrapper):
         self.saved: builtins.list[tuple[str, int, SagaStatus]] = []
         """``(saga_id, version, status)`` of every save that reached the inner store."""
 
-    def _before(self) -> int:
+    async def forward(self, call: StoreCall[T]) -> T:
+        """Perform ``call`` on the inner store, failing the configured writes."""
+        if not call.is_write:
+            return await call.send(self.inner)
         self.writes += 1
         number = self.writes
         if number == self.crash_before_write:
             raise SimulatedCrash(f"simulated crash before write {number}")
         if number in self.unavailable_writes:
             raise SagaStoreUnavailableError(f"simulated outage at write {number}")
-        return number
-
-    def _after(self, number: int) -> None:
+        result = await call.send(self.inner)
+        if call.method == "save":
+            record: SagaRecord = call.arguments["record"]
+            self.saved.append((record.saga_id, record.version, record.status))
         if number in self.ambiguous_writes:
             raise SagaStoreUnavailableError(f"simulated lost reply after write {number}")
         if number == self.crash_after_write:
             raise SimulatedCrash(f"simulated crash after write {number}")
+        return result
 
-    async def save(self, record: SagaRecord) -> None:
-        """Save through to the inner store, failing as configured."""
-        number = self._before()
-        await self.inner.save(record)
-        self.saved.append((record.saga_id, record.version, record.status))
-        self._after(number)
 
-    async def claim(
-        self,
-        owner: str,
-        lease_id: str,
-        *,
-        lease_seconds: float,
-        saga_names: Collection[str],
-        limit: int = 100,
-        saga_id: str | None = None,
-    ) -> builtins.list[SagaRecord]:
-        """Claim through the inner store, failing as configured."""
-        number = self._before()
-        claimed = await super().claim(
-            owner,
-            lease_id,
-            lease_seconds=lease_seconds,
-            saga_names=saga_names,
-            limit=limit,
-            saga_id=saga_id,
-        )
-        self._after(number)
-        return claimed
-
-    async def release(self, saga_id: str, owner: str, lease_id: str) -> bool:
-        """Release through the inner store, failing as configured."""
-        number = self._before()
-        released = await self.inner.release(saga_id, owner, lease_id)
-        self._after(number)
-        return released
+_PARAMETERS: dict[str, tuple[inspect.Parameter, ...]] = {
+    name: tuple(inspect.signature(getattr(SagaStore, name)).parameters.values())[1:]
+    for name in get_args(StoreMethod)
+}
+"""The parameters of each ``SagaStore`` method (``self`` dropped), to call it in its shape."""
