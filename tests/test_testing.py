@@ -1,7 +1,8 @@
-"""The testing helpers: StoreWrapper and its hook, FaultyStore and ManualClock."""
+"""The testing helpers: StoreWrapper and its hook, FaultyStore, ManualClock and NoWaits."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -18,6 +19,7 @@ from lexigram.events.sagas._memory import _EXPIRES, _Row
 from lexigram.events.sagas.testing import (
     FaultyStore,
     ManualClock,
+    NoWaits,
     SimulatedCrash,
     StoreCall,
     StoreWrapper,
@@ -229,3 +231,57 @@ def test_manual_clock_moves_only_when_advanced() -> None:
     assert clock() == BASE_TIME
     clock.advance(1.5)
     assert clock() == BASE_TIME + timedelta(seconds=1.5)
+
+
+# --------------------------------------------------------------------------- NoWaits
+
+
+async def test_no_waits_records_each_delay() -> None:
+    """Every requested delay is kept, in order, as a float."""
+    no_waits = NoWaits()
+    await no_waits(1)
+    await no_waits(0.5)
+    await no_waits(0)
+    assert no_waits.delays == [1.0, 0.5, 0.0]
+    assert all(isinstance(delay, float) for delay in no_waits.delays)
+
+
+async def test_no_waits_total_is_the_sum_of_the_delays() -> None:
+    """``total`` is what real sleeps would have taken; 0 before any call."""
+    no_waits = NoWaits()
+    assert no_waits.total == 0
+    await no_waits(1.0)
+    await no_waits(2.5)
+    assert no_waits.total == 3.5
+
+
+async def test_no_waits_does_not_wait() -> None:
+    """An hour's delay returns at once (by the loop's clock)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await NoWaits()(3600)
+    assert loop.time() - started < 1
+
+
+async def test_no_waits_yields_to_the_loop_once() -> None:
+    """A task scheduled before the call runs during it, as around a real sleep."""
+    ran: list[str] = []
+
+    async def other() -> None:
+        ran.append("other")
+
+    task = asyncio.create_task(other())
+    await NoWaits()(10)
+    assert ran == ["other"]
+    await task
+
+
+async def test_no_waits_can_be_cancelled() -> None:
+    """Cancelling a task inside ``NoWaits`` raises CancelledError there, as with a sleep."""
+    no_waits = NoWaits()
+    task = asyncio.create_task(no_waits(10))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert no_waits.delays == [10.0]

@@ -1,4 +1,4 @@
-"""Helpers for testing your sagas: store wrappers and a manual clock.
+"""Helpers for testing your sagas: store wrappers, a manual clock and a sleep that never waits.
 
 Example — crash a worker right after its second write, then recover in a "new process"::
 
@@ -16,6 +16,7 @@ Example — crash a worker right after its second write, then recover in a "new 
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import inspect
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -30,6 +31,7 @@ from lexigram.events.sagas.types import SagaRecord, SagaStatus
 __all__ = [
     "FaultyStore",
     "ManualClock",
+    "NoWaits",
     "SimulatedCrash",
     "StoreCall",
     "StoreMethod",
@@ -292,6 +294,38 @@ class FaultyStore(StoreWrapper):
         if number == self.crash_after_write:
             raise SimulatedCrash(f"simulated crash after write {number}")
         return result
+
+
+class NoWaits:
+    """A stand-in for ``asyncio.sleep`` that notes each delay and does not wait.
+
+    Give it to the manager to remove every retry delay, a step's own ``retry_delay``
+    included, and check the delays the engine asked for::
+
+        no_waits = NoWaits()
+        manager = SagaManager(store, sleep=no_waits)
+        manager.register(OrderSaga)
+        await manager.execute("orders", {...})
+        assert no_waits.delays == [1.0, 2.0]  # two retries with doubling backoff
+        assert no_waits.total == 3.0
+
+    Each call still yields to the event loop once (``await asyncio.sleep(0)``), so other
+    tasks interleave with the sleeper as they would around a real wait.
+    """
+
+    def __init__(self) -> None:
+        self.delays: builtins.list[float] = []
+        """Every delay requested, in seconds, oldest first."""
+
+    async def __call__(self, seconds: float) -> None:
+        """Note ``seconds`` and yield to the event loop once instead of waiting."""
+        self.delays.append(float(seconds))
+        await asyncio.sleep(0)
+
+    @property
+    def total(self) -> float:
+        """The sum of the delays requested: the time a real ``asyncio.sleep`` would take."""
+        return sum(self.delays)
 
 
 _PARAMETERS: dict[str, tuple[inspect.Parameter, ...]] = {
