@@ -18,8 +18,9 @@ from lexigram.events.sagas.codec import (
     encode_record,
     format_time,
     parse_time,
+    storable_json,
 )
-from lexigram.events.sagas.errors import CorruptRecordError, SagaDataError
+from lexigram.events.sagas.errors import CorruptRecordError, Rejection, SagaDataError
 from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepRecord, SagaStepStatus
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -208,8 +209,55 @@ def test_encode_rejects_unserialisable_data_naming_the_key() -> None:
 def test_encode_rejects_unserialisable_output_naming_the_step() -> None:
     """A non-JSON step output is refused, naming the step."""
     record = SagaRecord("s", "n", steps={"charge": SagaStepRecord("charge", output={"x": {1}})})
-    with pytest.raises(SagaDataError, match="step:charge"):
+    with pytest.raises(SagaDataError, match="output of step 'charge'") as info:
         encode_record(record)
+    assert info.value.rejections == (Rejection("output", "charge"),)
+    assert info.value.keys == ()
+
+
+def test_encode_names_every_rejected_value_by_kind() -> None:
+    """Data, metadata, outputs and error texts are each named, in record order."""
+    record = SagaRecord(
+        "s-1",
+        "n",
+        data={"ok": 1, "when": datetime.now(UTC), "ratio": math.nan},
+        metadata={"trace": {2: "x"}},
+        steps={
+            "reserve": SagaStepRecord("reserve", output={"ids": {1}}),
+            "charge": SagaStepRecord("charge", attempt_errors=["boom \ud800"]),
+        },
+        error="failed \udfff",
+    )
+    with pytest.raises(SagaDataError) as info:
+        encode_record(record)
+    assert info.value.rejections == (
+        Rejection("data", "when"),
+        Rejection("data", "ratio"),
+        Rejection("metadata", "trace"),
+        Rejection("output", "reserve"),
+        Rejection("error", "charge"),
+        Rejection("error", ""),
+    )
+    assert info.value.keys == ("when", "ratio")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{1, 2}, {"a": {1: "x"}}, [{"k": {2: "y"}}], "\ud800", math.nan, math.inf, 10**5000],
+    ids=["set", "int-key", "nested-int-key", "lone-surrogate", "nan", "inf", "huge-int"],
+)
+def test_storable_json_refuses_what_no_store_can_hold(value: object) -> None:
+    """Sets, non-str keys at any depth, lone surrogates, NaN/inf and huge ints are refused."""
+    with pytest.raises((TypeError, ValueError)):
+        storable_json(value)
+
+
+@given(json_values)
+def test_storable_json_accepts_any_json_value(value: object) -> None:
+    """JSON values with str keys are accepted, and the text is valid UTF-8 JSON."""
+    text = storable_json(value)
+    text.encode()
+    assert json.loads(text) == value
 
 
 def test_decode_rejects_invalid_json() -> None:

@@ -14,6 +14,7 @@ from lexigram.events.sagas.testing.contract import (
     BASE_TIME,
     CorruptRow,
     ExpireLeases,
+    Fault,
     StoreContract,
     make_record,
 )
@@ -40,7 +41,8 @@ def expire_leases() -> ExpireLeases:
 
 @pytest.fixture
 def corrupt_row() -> CorruptRow:
-    async def corrupt(store: SagaStore, saga_id: str) -> None:
+    async def corrupt(store: SagaStore, saga_id: str, *, fault: Fault = "garbage") -> None:
+        # No columns apart from the payload: every fault is stored as a garbage payload.
         assert isinstance(store, InMemorySagaStore)
         row = _Row.of(make_record(saga_id))
         row.payload = "{not json"

@@ -9,18 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
+from urllib.parse import unquote, urlparse
 
 import pytest
 
 from lexigram.events.sagas import (
     ConcurrencyConflictError,
-    CorruptRecordError,
-    SagaDataError,
     SagaStatus,
     SagaStepStatus,
     SagaStore,
@@ -28,6 +28,7 @@ from lexigram.events.sagas import (
     SchemaVersionError,
 )
 from lexigram.events.sagas.base import SagaBase, saga_step
+from lexigram.events.sagas.codec import encode_record
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import SagaContext
 from lexigram.events.sagas.manager import SagaManager
@@ -35,6 +36,7 @@ from lexigram.events.sagas.testing.contract import (
     BASE_TIME,
     CorruptRow,
     ExpireLeases,
+    Fault,
     StoreContract,
     make_record,
 )
@@ -43,6 +45,7 @@ from tests.conftest import postgres_required
 try:
     import asyncpg
 
+    from lexigram.events.sagas._postgres.dsn import connect_arguments, parse_pairs
     from lexigram.events.sagas.postgres import PostgresSagaStore
 except ImportError:
     if postgres_required():
@@ -112,15 +115,20 @@ def expire_leases() -> ExpireLeases:
 
 @pytest.fixture
 def corrupt_row() -> CorruptRow:
-    async def corrupt(store: SagaStore, saga_id: str) -> None:
-        # Valid JSON (the column is typed json) but no saga record: a foreign row.
+    async def corrupt(store: SagaStore, saga_id: str, *, fault: Fault = "garbage") -> None:
+        doc = {
+            # Valid JSON (the column is typed json) but no saga record: a foreign row.
+            "garbage": json.dumps({"v": 1, "saga_id": saga_id, "unexpected": True}),
+            "foreign_name": encode_record(make_record(saga_id, saga_name="other")),
+            "foreign_id": encode_record(make_record("someone-else")),
+        }[fault]
         await execute(
             store,
             "INSERT INTO {t} (saga_id, saga_name, status, version, created_at, doc) "
             "VALUES ($1, 'orders', 'running', 1, $2, $3::json)",
             saga_id,
             BASE_TIME,
-            '{"v": 1, "saga_id": "' + saga_id + '", "unexpected": true}',
+            doc,
         )
 
     return corrupt
@@ -177,6 +185,153 @@ def test_repr_hides_the_dsn() -> None:
     store = PostgresSagaStore("postgresql://app:s3cret@db/app", table="orders_sagas")
     assert "s3cret" not in repr(store)
     assert "orders_sagas" in repr(store)
+
+
+# ---------------------------------------------------------------------- key=value DSNs
+
+
+def key_value_dsn(pg_dsn: str, **extra: str) -> str:
+    """The test server's URL as libpq ``key=value`` pairs, plus ``extra`` (written as is)."""
+    url = urlparse(pg_dsn)
+    pairs = {
+        "host": url.hostname or "127.0.0.1",
+        "port": str(url.port or 5432),
+        "user": unquote(url.username or "postgres"),
+        "dbname": url.path.lstrip("/") or "postgres",
+    }
+    if url.password:
+        pairs["password"] = (
+            "'" + unquote(url.password).replace("\\", "\\\\").replace("'", "\\'") + "'"
+        )
+    pairs.update(extra)
+    return " ".join(f"{key}={value}" for key, value in pairs.items())
+
+
+@pytest.mark.parametrize(
+    ("dsn", "pairs"),
+    [
+        ("", {}),
+        ("host=db port=5432", {"host": "db", "port": "5432"}),
+        ("  host = db \t dbname='my db'  ", {"host": "db", "dbname": "my db"}),
+        (r"password='it\'s \\ here' user=a\ b", {"password": "it's \\ here", "user": "a b"}),
+        ("dbname='' user=x", {"dbname": "", "user": "x"}),
+        ("host=a host=b", {"host": "b"}),
+        ("host='a'port=5", {"host": "a", "port": "5"}),
+        ("host= port=5", {"host": "port=5"}),  # as libpq: blanks after '=' are skipped
+        ("password=a=b", {"password": "a=b"}),
+    ],
+)
+def test_key_value_dsn_is_split_by_libpq_rules(dsn: str, pairs: dict[str, str]) -> None:
+    """Whitespace, single quotes and backslash escapes are read as libpq reads them."""
+    assert parse_pairs(dsn) == pairs
+
+
+def test_key_value_dsn_maps_to_asyncpg_arguments() -> None:
+    """Each libpq key becomes its asyncpg.connect argument (dbname is database, ...)."""
+    dsn, arguments = connect_arguments(
+        "host=a,b port=5432,5433 dbname=orders user=app password='p w' connect_timeout=10 "
+        "sslmode=verify-full sslrootcert=/etc/ca.pem target_session_attrs=read-write "
+        "application_name=worker passfile=/p krbsrvname=k gsslib=gssapi sslnegotiation=direct"
+    )
+    assert dsn == "postgresql://?sslrootcert=%2Fetc%2Fca.pem"
+    assert arguments == {
+        "host": ["a", "b"],
+        "port": [5432, 5433],
+        "database": "orders",
+        "user": "app",
+        "password": "p w",
+        "timeout": 10.0,
+        "ssl": "verify-full",
+        "target_session_attrs": "read-write",
+        "passfile": "/p",
+        "krbsrvname": "k",
+        "gsslib": "gssapi",
+        "direct_tls": True,
+        "server_settings": {"application_name": "worker"},
+    }
+    assert connect_arguments("connect_timeout=0")[1] == {"timeout": None}  # libpq: no limit
+    assert connect_arguments("user= host=db")[1] == {"user": "host=db"}
+
+
+@pytest.mark.parametrize(
+    ("dsn", "named"),
+    [
+        ("host=db colour=blue", "'colour'"),
+        ("host=db dbname", "without '='"),
+        ("host=db dbname='orders", "'dbname' has no closing quote"),
+        ("port=fifty", "'port'"),
+        ("port=0", "'port'"),
+        ("host=a port=1,2,3", "'port'"),
+        ("connect_timeout=soon", "'connect_timeout'"),
+        ("sslmode=sometimes", "'sslmode'"),
+        ("sslnegotiation=maybe", "'sslnegotiation'"),
+        ("options='-c search_path=x'", "'options'"),
+    ],
+)
+def test_bad_key_value_dsn_is_refused_naming_the_key(dsn: str, named: str) -> None:
+    """A malformed DSN, an unknown key or a bad value raises ValueError naming the key."""
+    with pytest.raises(ValueError, match=named):
+        PostgresSagaStore(dsn)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "user=app password=top secret host=db",
+        "user=app password=top secret=x host=db",
+        "user=app password='top secret' colour=blue",
+        "password=top port=secret",
+        "sslpassword=top secret",
+    ],
+)
+def test_dsn_errors_never_echo_a_password(dsn: str) -> None:
+    """Errors about a key=value DSN never quote a password, not even half of one."""
+    with pytest.raises(ValueError, match="dsn") as caught:
+        PostgresSagaStore(dsn)
+    assert "top" not in str(caught.value)
+    assert "secret" not in str(caught.value)
+
+
+async def test_key_value_dsn_connects(pg_dsn: str) -> None:
+    """A libpq key=value DSN (quoted, escaped values too) connects and runs the store."""
+    table = unique_name()
+    dsn = key_value_dsn(pg_dsn, application_name=r"'lexi \'kv\' test'", connect_timeout="5")
+    try:
+        async with PostgresSagaStore(dsn, table=table, min_size=1, max_size=1) as store:
+            await store.save(make_record("s-1"))
+            assert [r.saga_id for r in await store.list()] == ["s-1"]
+            assert store.pool is not None
+            assert await store.pool.fetchval("SHOW application_name") == "lexi 'kv' test"
+            assert await store.pool.fetchval("SELECT current_database()") == urlparse(
+                pg_dsn
+            ).path.lstrip("/")
+    finally:
+        await drop_tables(pg_dsn, table)
+
+
+async def test_pool_options_win_over_the_dsn(pg_dsn: str) -> None:
+    """Settings given in pool_options override the same settings from a key=value DSN."""
+    table = unique_name()
+    dsn = key_value_dsn(pg_dsn, application_name="from-dsn")
+    options = {"server_settings": {"application_name": "from-options"}}
+    try:
+        async with PostgresSagaStore(dsn, table=table, pool_options=options) as store:
+            assert store.pool is not None
+            assert await store.pool.fetchval("SHOW application_name") == "from-options"
+    finally:
+        await drop_tables(pg_dsn, table)
+
+
+async def test_key_value_dsn_passes_ssl_files_to_asyncpg(pg_dsn: str) -> None:
+    """The SSL file options reach asyncpg: a missing CA file fails the connection."""
+    dsn = key_value_dsn(pg_dsn, sslmode="verify-ca", sslrootcert="/nonexistent/lexigram-ca.pem")
+    store = PostgresSagaStore(dsn, command_timeout=5)
+    try:
+        with pytest.raises(SagaStoreUnavailableError) as caught:
+            await store.open()
+    finally:
+        await store.close()
+    assert isinstance(caught.value.__cause__, FileNotFoundError)
 
 
 # ---------------------------------------------------------------------- schema
@@ -300,15 +455,6 @@ async def test_a_serialization_failure_is_retried(
     assert any("SerializationError" in message for message in caplog.messages)
 
 
-async def test_text_postgres_cannot_hold_is_a_data_error(store: PostgresSagaStore) -> None:
-    """A lone surrogate raises SagaDataError naming its key, and nothing is written."""
-    record = make_record("s-1", data={"ok": "fine", "bad": "x\ud800y"})
-    with pytest.raises(SagaDataError) as caught:
-        await store.save(record)
-    assert caught.value.keys == ("bad",)
-    assert await store.load("s-1") is None
-
-
 async def test_unreadable_row_is_put_back_after_a_claim(
     store: PostgresSagaStore, corrupt_row: CorruptRow
 ) -> None:
@@ -318,17 +464,6 @@ async def test_unreadable_row_is_put_back_after_a_claim(
     assert await store.claim("w1", "l1", lease_seconds=30, saga_names=["orders"]) == []
     after = await execute(store, "SELECT version, lease_owner FROM {t} WHERE saga_id = 'bad-1'")
     assert [tuple(row) for row in after] == [tuple(row) for row in before] == [(1, None)]
-
-
-async def test_list_reports_an_unreadable_row(
-    store: PostgresSagaStore, corrupt_row: CorruptRow
-) -> None:
-    """list() raises CorruptRecordError naming the saga rather than skipping it silently."""
-    await store.save(make_record("good"))
-    await corrupt_row(store, "bad-1")
-    with pytest.raises(CorruptRecordError) as caught:
-        await store.list()
-    assert caught.value.saga_id == "bad-1"
 
 
 # ---------------------------------------------------------------------- leases and clocks

@@ -15,30 +15,47 @@ from operator import attrgetter
 from typing import Any
 
 from lexigram.events.sagas._leases import is_claimable
-from lexigram.events.sagas.codec import EPOCH, dumps_json, encode_record, loads_json
+from lexigram.events.sagas.codec import EPOCH, loads_json, rejected, storable_json
 from lexigram.events.sagas.errors import ConcurrencyConflictError, CorruptRecordError
 from lexigram.events.sagas.types import (
     TERMINAL_SAGA_STATUSES,
+    SagaFailure,
     SagaRecord,
     SagaStatus,
     SagaStepRecord,
 )
 
-__all__ = ["InMemorySagaStore"]
+__all__ = ["InMemorySagaStore", "check_list_limit"]
 
 logger = logging.getLogger(__name__)
 
 
+def check_list_limit(limit: object) -> int:
+    """Validate ``list(limit=...)`` for every built-in store; return it.
+
+    Raises:
+        TypeError: ``limit`` is not an ``int`` (``bool`` is not a count either).
+        ValueError: ``limit`` is negative.
+    """
+    if not isinstance(limit, int) or isinstance(limit, bool):
+        raise TypeError(f"limit must be an int, got {type(limit).__name__}")
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    return limit
+
+
 # A stored saga is kept as tuples of its immutable fields (ids, statuses, times, counters),
-# read in one C call by ``attrgetter``, plus the JSON text of its mutable, JSON-valued parts
-# (data, metadata, step outputs and attempt errors). Saving costs one pass over the fields
-# and one JSON encoding; loading builds fresh objects from both, so callers always get a
-# copy and a value JSON cannot hold is rejected exactly as the durable stores reject it.
-_JSON_FIELDS = ("data", "steps", "metadata")
+# read in one C call by ``attrgetter``, plus the JSON text of its JSON-valued parts and
+# texts (data, metadata, step outputs, every error text). Saving costs one pass over the
+# fields and one JSON encoding; loading builds fresh objects from both, so callers always
+# get a copy. The payload goes through the codec's ``storable_json`` and the other texts
+# through the same UTF-8 rule, so this store refuses exactly what the codec refuses for the
+# durable stores, with the codec's own ``SagaDataError``.
+_JSON_FIELDS = ("data", "steps", "metadata", "error")
+_STEP_JSON_FIELDS = ("output", "attempt_errors", "error", "compensation_error")
 _PLAIN = tuple(name for name in SagaRecord.__slots__ if name not in _JSON_FIELDS)
-_STEP_PLAIN = tuple(
-    name for name in SagaStepRecord.__slots__ if name not in ("output", "attempt_errors")
-)
+_STEP_PLAIN = tuple(name for name in SagaStepRecord.__slots__ if name not in _STEP_JSON_FIELDS)
+_step_json_fields = attrgetter(*_STEP_JSON_FIELDS)
 _plain_fields = attrgetter(*_PLAIN)
 _step_fields = attrgetter(*_STEP_PLAIN)
 _AT = {name: index for index, name in enumerate(_PLAIN)}
@@ -57,38 +74,68 @@ class _Row:
 
     @classmethod
     def of(cls, record: SagaRecord) -> _Row:
+        """Take the parts of ``record`` a store can hold.
+
+        Raises:
+            SagaDataError: what ``encode_record`` would raise for ``record``.
+        """
         steps = record.steps.values()
+        fields = _plain_fields(record)
+        step_fields = tuple(map(_step_fields, steps))
         try:
-            payload = dumps_json(
+            payload = storable_json(
                 (
                     record.data,
                     record.metadata,
-                    [(step.output, step.attempt_errors) for step in steps],
+                    record.error,
+                    builtins.list(map(_step_json_fields, steps)),
                 )
             )
         except (TypeError, ValueError, RecursionError):
-            encode_record(record)  # raises SagaDataError naming the keys
-            raise
-        return cls(builtins.list(_plain_fields(record)), tuple(map(_step_fields, steps)), payload)
+            raise rejected(record) from None
+        if not (_utf8(fields) and all(map(_utf8, step_fields))):
+            raise rejected(record)
+        return cls(builtins.list(fields), step_fields, payload)
 
     def record(self, saga_id: str) -> SagaRecord:
-        """Build a fresh record from the stored parts."""
+        """Build a fresh record from the stored parts.
+
+        Raises:
+            CorruptRecordError: the stored parts do not make a record (a test corrupted
+                them: this store writes nothing else).
+        """
         try:
-            data, metadata, step_parts = loads_json(self.payload)
-        except ValueError:
-            raise CorruptRecordError("stored payload is not valid JSON", saga_id=saga_id) from None
-        steps = {}
-        for fields, (output, errors) in zip(self.steps, step_parts, strict=True):
-            step = SagaStepRecord(**dict(zip(_STEP_PLAIN, fields, strict=True)))
-            step.output = output
-            step.attempt_errors = errors
-            steps[step.step_name] = step
+            data, metadata, error, step_parts = loads_json(self.payload)
+            steps = {}
+            for fields, parts in zip(self.steps, step_parts, strict=True):
+                step = SagaStepRecord(
+                    **dict(zip(_STEP_PLAIN, fields, strict=True)),
+                    **dict(zip(_STEP_JSON_FIELDS, parts, strict=True)),
+                )
+                steps[step.step_name] = step
+        except (TypeError, ValueError):
+            raise CorruptRecordError("stored payload is unreadable", saga_id=saga_id) from None
         return SagaRecord(
             **dict(zip(_PLAIN, self.fields, strict=True)),
             data=data,
             steps=steps,
             metadata=metadata,
+            error=error,
         )
+
+
+def _utf8(values: tuple[Any, ...]) -> bool:
+    """Whether every text among ``values`` is valid UTF-8 (no lone surrogate), as JSON needs."""
+    for value in values:
+        if isinstance(value, SagaFailure):
+            if not _utf8((value.step, value.message)):
+                return False
+        elif type(value) is str and not value.isascii():  # ASCII, the common case, is O(1)
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return False
+    return True
 
 
 def _utc_now() -> datetime:
@@ -134,7 +181,10 @@ class InMemorySagaStore:
         return None if row is None else row.record(saga_id)
 
     async def list_by_name(self, saga_name: str) -> builtins.list[SagaRecord]:
-        """Return every saga of ``saga_name``, newest first."""
+        """Return every readable saga of ``saga_name``, newest first.
+
+        Unreadable rows are logged (``ERROR``, naming the saga) and skipped.
+        """
         return self._select(saga_name, None, None)
 
     async def list(
@@ -144,14 +194,19 @@ class InMemorySagaStore:
         status: SagaStatus | None = None,
         limit: int = 100,
     ) -> builtins.list[SagaRecord]:
-        """Return up to ``limit`` sagas matching the filters, newest first."""
-        return self._select(saga_name, status, limit)
+        """Return up to ``limit`` readable sagas matching the filters, newest first.
+
+        Unreadable rows are logged (``ERROR``, naming the saga) and skipped.
+
+        Raises:
+            TypeError: ``limit`` is not an int.
+            ValueError: ``limit`` is negative.
+        """
+        return self._select(saga_name, status, check_list_limit(limit))
 
     def _select(
         self, saga_name: str | None, status: SagaStatus | None, limit: int | None
     ) -> builtins.list[SagaRecord]:
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
         found = [
             (row.fields[_CREATED] or EPOCH, saga_id)
             for saga_id, row in self._rows.items()
@@ -159,9 +214,15 @@ class InMemorySagaStore:
             and (status is None or row.fields[_STATUS] == status)
         ]
         found.sort(reverse=True)
-        if limit is not None:
-            found = found[:limit]
-        return [self._rows[saga_id].record(saga_id) for _, saga_id in found]
+        records: builtins.list[SagaRecord] = []
+        for _, saga_id in found:
+            if limit is not None and len(records) >= limit:
+                break
+            try:
+                records.append(self._rows[saga_id].record(saga_id))
+            except CorruptRecordError as exc:
+                logger.error("list: skipping unreadable saga %s: %s", saga_id, exc)  # noqa: TRY400 - no traceback needed
+        return records
 
     async def delete(self, saga_id: str) -> bool:
         """Delete the saga; return whether it existed."""

@@ -8,12 +8,11 @@ store-managed columns (version, ``updated_at``, the lease, ``previous_owner``,
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from typing import Any
 
 from lexigram.events.sagas.codec import EPOCH, decode_record, encode_record
-from lexigram.events.sagas.errors import CorruptRecordError, SagaDataError
+from lexigram.events.sagas.errors import CorruptRecordError
 from lexigram.events.sagas.types import SagaRecord
 
 __all__ = ["record_from_row", "save_arguments"]
@@ -28,10 +27,13 @@ def record_from_row(row: Any) -> SagaRecord:
     """
     saga_id = row["saga_id"]
     record = decode_record(row["doc"], saga_id=saga_id)
-    if record.saga_name != row["saga_name"] or record.status.value != row["status"]:
-        raise CorruptRecordError(
-            "row columns disagree with the stored document", saga_id=saga_id, field="status"
-        )
+    for field, held in (("saga_name", record.saga_name), ("status", record.status.value)):
+        if row[field] != held:
+            raise CorruptRecordError(
+                f"column '{field}' disagrees with the stored document",
+                saga_id=saga_id,
+                field=field,
+            )
     record.version = row["version"]
     record.updated_at = row["updated_at"]
     record.lease_owner = row["lease_owner"]
@@ -50,14 +52,10 @@ def save_arguments(record: SagaRecord) -> tuple[Any, ...]:
     without an owner or an expiry stores no lease.
 
     Raises:
-        SagaDataError: a value JSON cannot store, or text UTF-8 cannot (lone surrogates),
-            naming the keys; raised before anything is sent.
+        SagaDataError: the codec's refusal of a value no store can hold, raised before
+            anything is sent (so the text sent is always valid UTF-8).
     """
     doc = encode_record(record)
-    try:
-        doc.encode()
-    except UnicodeEncodeError:
-        raise _unencodable(record) from None
     lease: timedelta | None = None
     if (
         record.lease_owner is not None
@@ -80,23 +78,3 @@ def save_arguments(record: SagaRecord) -> tuple[Any, ...]:
         record.recovery_attempts,
         doc,
     )
-
-
-def _unencodable(record: SagaRecord) -> SagaDataError:
-    bad = [key for key, value in record.data.items() if not _utf8({key: value})]
-    bad += [f"step:{name}" for name, step in record.steps.items() if not _utf8(step.output)]
-    names = ", ".join(f"'{key}'" for key in bad) or "(metadata)"
-    return SagaDataError(
-        f"saga '{record.saga_id}' cannot be stored: text at {names} is not valid UTF-8",
-        keys=bad,
-        saga_id=record.saga_id,
-    )
-
-
-def _utf8(value: object) -> bool:
-    """Whether ``value``'s JSON text can be encoded as UTF-8 (no lone surrogates)."""
-    try:
-        json.dumps(value, ensure_ascii=False, default=str).encode()
-    except UnicodeEncodeError:
-        return False
-    return True

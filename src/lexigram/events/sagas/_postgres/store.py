@@ -44,6 +44,8 @@ from typing import Any, Literal, Self
 
 import asyncpg
 
+from lexigram.events.sagas._memory import check_list_limit
+from lexigram.events.sagas._postgres.dsn import connect_arguments, is_url
 from lexigram.events.sagas._postgres.errors import (
     RETRYABLE,
     connection_lost,
@@ -91,7 +93,9 @@ class PostgresSagaStore:
     leaves it open. ``async with PostgresSagaStore(...) as store:`` opens and closes it.
 
     Args:
-        dsn: A libpq connection string or URL, e.g. ``postgresql://app@db:5432/app``.
+        dsn: A libpq connection string: a URL (``postgresql://app@db:5432/app``) or
+            ``key=value`` pairs (``host=db port=5432 user=app dbname=app``, values with
+            spaces in single quotes), whose keys are mapped to asyncpg's arguments.
         pool: An ``asyncpg.Pool`` to borrow instead. Its connections are reset by asyncpg
             on every release (a round trip) unless it was created with a ``reset`` hook.
         schema: The schema holding the table (created if missing).
@@ -105,8 +109,9 @@ class PostgresSagaStore:
             ``server_settings``, ``statement_cache_size=0`` behind PgBouncer...).
 
     Raises:
-        ValueError: not exactly one of ``dsn`` and ``pool``, an invalid schema or table
-            name, or invalid pool sizes.
+        ValueError: not exactly one of ``dsn`` and ``pool``, a ``key=value`` DSN that is
+            malformed or uses an unsupported key (named; values are never quoted), an
+            invalid schema or table name, or invalid pool sizes.
     """
 
     def __init__(
@@ -136,7 +141,10 @@ class PostgresSagaStore:
             validate_identifier(schema, "schema"),
             validate_identifier(table, "table", max_length=_MAX_TABLE_NAME),
         )
-        self._dsn = dsn
+        self._dsn: str | None = dsn
+        connect_options: dict[str, Any] = {}
+        if dsn is not None and not is_url(dsn):
+            self._dsn, connect_options = connect_arguments(dsn)
         self._pool: Any = pool
         self._owns_pool = pool is None
         self._pool_options: dict[str, Any] = {
@@ -146,7 +154,16 @@ class PostgresSagaStore:
         }
         if _POOL_HAS_RESET:
             self._pool_options["reset"] = _keep_session
-        self._pool_options.update(pool_options or {})
+        # As asyncpg does for a URL: options given explicitly win over the DSN's.
+        explicit = dict(pool_options or {})
+        settings = {
+            **connect_options.get("server_settings", {}),
+            **(explicit.get("server_settings") or {}),
+        }
+        self._pool_options.update(connect_options)
+        self._pool_options.update(explicit)
+        if settings:
+            self._pool_options["server_settings"] = settings
         self._timeout = command_timeout
         self._open_lock = asyncio.Lock()
         self._ready = False
@@ -339,7 +356,10 @@ class PostgresSagaStore:
         return None if row is None else record_from_row(row)
 
     async def list_by_name(self, saga_name: str) -> builtins.list[SagaRecord]:
-        """Return every saga of ``saga_name``, newest first."""
+        """Return every readable saga of ``saga_name``, newest first.
+
+        Unreadable rows are logged (``ERROR``, naming the saga) and skipped.
+        """
         return await self._list(saga_name, None, None)
 
     async def list(
@@ -349,27 +369,47 @@ class PostgresSagaStore:
         status: SagaStatus | None = None,
         limit: int = 100,
     ) -> builtins.list[SagaRecord]:
-        """Return up to ``limit`` sagas matching the filters, newest first.
+        """Return up to ``limit`` readable sagas matching the filters, newest first.
+
+        Unreadable rows are logged (``ERROR``, naming the saga) and skipped; ``load`` still
+        raises ``CorruptRecordError`` for them.
 
         Raises:
+            TypeError: ``limit`` is not an int.
             ValueError: ``limit`` is negative.
-            CorruptRecordError: a matching row cannot be read as a saga record.
         """
-        return await self._list(saga_name, status, limit)
+        return await self._list(saga_name, status, check_list_limit(limit))
 
     async def _list(
         self, saga_name: str | None, status: SagaStatus | None, limit: int | None
     ) -> builtins.list[SagaRecord]:
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
-        args: builtins.list[Any] = [limit]
+        """Select newest first, skipping unreadable rows.
+
+        The query is repeated past unreadable rows until ``limit`` records are found or no
+        rows are left, so one bad row never hides the sagas after it.
+        """
+        args: builtins.list[Any] = []
         if saga_name is not None:
             args.append(saga_name)
         if status is not None:
             args.append(SagaStatus(status).value)
         sql = self._select[saga_name is not None, status is not None]
-        rows = await self._query("fetch", sql, *args, op="list", idempotent=True)
-        return [record_from_row(row) for row in rows]
+        skipped: set[str] = set()
+        while True:
+            want = None if limit is None else limit + len(skipped)
+            rows = await self._query("fetch", sql, want, *args, op="list", idempotent=True)
+            records: builtins.list[SagaRecord] = []
+            for row in rows:
+                try:
+                    records.append(record_from_row(row))
+                except CorruptRecordError as exc:
+                    if row["saga_id"] not in skipped:
+                        skipped.add(row["saga_id"])
+                        logger.error("list: skipping unreadable saga %s: %s", row["saga_id"], exc)  # noqa: TRY400 - no traceback needed
+            if limit is None or want is None:
+                return records
+            if len(records) >= limit or len(rows) < want:
+                return records[:limit]
 
     async def delete(self, saga_id: str) -> bool:
         """Delete the saga; return whether it existed."""

@@ -14,12 +14,15 @@ document and overlays them. This keeps a heartbeat renewal one small ``UPDATE`` 
 column, and a claim free of re-encoding documents. Times in columns are integer
 microseconds since the Unix epoch (UTC): exact, and ordered like the times themselves.
 
+``saga_name`` and ``status`` must agree with the document: claims and listings filter on
+those columns, and would otherwise hand out a saga of another name or status. A row edited
+by hand so that they differ is unreadable (``CorruptRecordError``), like a broken document.
+
 Every function here runs on the worker thread with the connection as first argument.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -52,10 +55,6 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION: Final = 1
 """Version of the table layout below; stored in the ``<table>_meta`` table."""
 
-_ascii_json: Final = json.JSONEncoder(
-    ensure_ascii=True, allow_nan=False, separators=(",", ":")
-).encode
-
 
 def _status_list(statuses: list[SagaStatus]) -> str:
     return "status IN (" + ", ".join(f"'{status.value}'" for status in statuses) + ")"
@@ -67,8 +66,8 @@ ACTIVE: Final = _status_list([s for s in SagaStatus if s not in TERMINAL_SAGA_ST
 TERMINAL: Final = _status_list([s for s in SagaStatus if s in TERMINAL_SAGA_STATUSES])
 
 _READ: Final = (
-    "saga_id, doc, version, updated_at_us, lease_owner, lease_id, lease_expires_at_us, "
-    "previous_owner, recovery_attempts"
+    "saga_id, saga_name, status, doc, version, updated_at_us, lease_owner, lease_id, "
+    "lease_expires_at_us, previous_owner, recovery_attempts"
 )
 
 
@@ -208,16 +207,9 @@ def save_params(record: SagaRecord) -> tuple[Any, ...]:
     version = record.version
     record.version = version + 1
     try:
-        doc = encode_record(record)
+        doc = encode_record(record)  # valid UTF-8, as SQLite's TEXT needs, or SagaDataError
     finally:
         record.version = version
-    if not doc.isascii():  # O(1) in CPython: the common case pays nothing
-        try:
-            doc.encode()
-        except UnicodeEncodeError:
-            # A lone surrogate (valid in a Python str, not in UTF-8, so not in SQLite's
-            # TEXT): escape it as JSON's \uXXXX, which decodes back to the same str.
-            doc = _ascii_json(json.loads(doc))
     shared = (
         to_us(record.updated_at),
         to_us(record.completed_at),
@@ -249,11 +241,26 @@ def _check(value: object, kind: type, field: str, saga_id: str, *, optional: boo
 
 
 def to_record(row: tuple[Any, ...]) -> SagaRecord:
-    """Build a record from a row: the document, overlaid with the lease columns."""
-    saga_id, doc, version, updated, owner, lease_id, expires, previous, attempts = row
+    """Build a record from a row: the document, overlaid with the lease columns.
+
+    Raises:
+        CorruptRecordError: the document is not a saga record of this row's id, its name
+            or status disagrees with the columns, or a column has the wrong type.
+    """
+    saga_id, name, status, doc, version, updated, owner, lease_id, expires, previous, attempts = row
     if not isinstance(doc, str | bytes):
         raise CorruptRecordError("the stored document is not text", saga_id=saga_id, field="doc")
     record = decode_record(doc, saga_id=saga_id)
+    for field, column, held in (
+        ("saga_name", name, record.saga_name),
+        ("status", status, record.status.value),
+    ):
+        if column != held:
+            raise CorruptRecordError(
+                f"column '{field}' disagrees with the stored document",
+                saga_id=saga_id,
+                field=field,
+            )
     record.version = _check(version, int, "version", saga_id, optional=False)
     record.updated_at = from_us(updated, "updated_at_us", saga_id)
     record.lease_owner = _check(owner, str, "lease_owner", saga_id, optional=True)
@@ -288,9 +295,31 @@ def load(conn: sqlite3.Connection, sql: Statements, saga_id: str) -> SagaRecord 
     return None if row is None else to_record(row)
 
 
-def select(conn: sqlite3.Connection, query: str, params: tuple[Any, ...]) -> list[SagaRecord]:
-    """Return the records a listing query finds."""
-    return [to_record(row) for row in conn.execute(query, params).fetchall()]
+def select(
+    conn: sqlite3.Connection, query: str, params: tuple[Any, ...], limit: int | None
+) -> list[SagaRecord]:
+    """Return the readable records a listing query finds, up to ``limit`` (``None``: all).
+
+    ``query`` ends with ``LIMIT ?`` when ``limit`` is given. Unreadable rows are logged
+    and skipped; the query is repeated past them until ``limit`` records are found or no
+    rows are left, so one bad row never hides the sagas after it.
+    """
+    skipped: set[str] = set()
+    while True:
+        want = None if limit is None else limit + len(skipped)
+        rows = conn.execute(query, params if want is None else (*params, want)).fetchall()
+        records: list[SagaRecord] = []
+        for row in rows:
+            try:
+                records.append(to_record(row))
+            except CorruptRecordError as exc:
+                if row[0] not in skipped:
+                    skipped.add(row[0])
+                    logger.error("list: skipping unreadable saga %s: %s", row[0], exc)  # noqa: TRY400 - no traceback needed
+        if want is None or limit is None:
+            return records
+        if len(records) >= limit or len(rows) < want:
+            return records[:limit]
 
 
 def delete(conn: sqlite3.Connection, sql: Statements, saga_id: str) -> bool:

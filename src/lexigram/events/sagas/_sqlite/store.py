@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Self
 
+from lexigram.events.sagas._memory import check_list_limit
 from lexigram.events.sagas._sqlite import ops
 from lexigram.events.sagas._sqlite.ops import Statements, save_params, to_us
 from lexigram.events.sagas._sqlite.schema import connect
@@ -218,10 +219,13 @@ class SQLiteSagaStore:
         return record
 
     async def list_by_name(self, saga_name: str) -> builtins.list[SagaRecord]:
-        """Return every saga of ``saga_name``, newest first."""
+        """Return every readable saga of ``saga_name``, newest first.
+
+        Unreadable rows are logged (``ERROR``, naming the saga) and skipped.
+        """
         query = self._sql.select_list(by_name=True, status=None, limited=False)
         found: builtins.list[SagaRecord] = await self._submit(
-            ops.select, query, (saga_name,), write=False
+            ops.select, query, (saga_name,), None, write=False
         )
         return found
 
@@ -232,15 +236,16 @@ class SQLiteSagaStore:
         status: SagaStatus | None = None,
         limit: int = 100,
     ) -> builtins.list[SagaRecord]:
-        """Return up to ``limit`` sagas matching the filters, newest first.
+        """Return up to ``limit`` readable sagas matching the filters, newest first.
+
+        Unreadable rows are logged (``ERROR``, naming the saga) and skipped; ``load`` still
+        raises ``CorruptRecordError`` for them.
 
         Raises:
+            TypeError: ``limit`` is not an int.
             ValueError: ``limit`` is negative.
-            CorruptRecordError: a matching row cannot be read as a saga record.
         """
-        if limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
-        if limit == 0:
+        if check_list_limit(limit) == 0:
             return []
         if status is not None:
             status = SagaStatus(status)
@@ -251,7 +256,7 @@ class SQLiteSagaStore:
             if value is not None
         )
         found: builtins.list[SagaRecord] = await self._submit(
-            ops.select, query, (*params, limit), write=False
+            ops.select, query, params, limit, write=False
         )
         return found
 

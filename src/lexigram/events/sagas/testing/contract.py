@@ -5,15 +5,19 @@ A test module subclasses :class:`StoreContract` and provides three fixtures:
 - ``store``: a fresh, empty store (closed after the test);
 - ``expire_leases``: ``async (store, saga_ids) -> None`` making those sagas' leases expired
   by the store's own judge of time;
-- ``corrupt_row``: ``async (store, saga_id) -> None`` storing an unreadable row for an id.
+- ``corrupt_row``: ``async (store, saga_id, *, fault="garbage") -> None`` storing, under
+  ``saga_id``, a row of the saga name ``"orders"``, status ``running``, no lease and
+  ``created_at`` :data:`BASE_TIME`, that cannot be read as a saga (see :class:`CorruptRow`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,9 +33,38 @@ from lexigram.events.sagas import (
     SagaStepStatus,
     SagaStore,
 )
+from lexigram.events.sagas.errors import Rejection
 
 ExpireLeases = Callable[[SagaStore, list[str]], Awaitable[None]]
-CorruptRow = Callable[[SagaStore, str], Awaitable[None]]
+
+Fault = Literal["garbage", "foreign_name", "foreign_id"]
+"""How a row made by the ``corrupt_row`` fixture is unreadable.
+
+- ``"garbage"``: its document is not a saga record (not JSON, or JSON of another shape);
+- ``"foreign_name"``: a valid document of a saga named ``"other"`` in a row whose indexed
+  name is ``"orders"`` (a row edited by hand, or copied from another table);
+- ``"foreign_id"``: a valid document of another saga id than the row's key.
+
+A store that keeps no separate columns or key (the in-memory store) cannot hold the last
+two; its fixture stores a ``"garbage"`` row for them.
+"""
+
+
+class CorruptRow(Protocol):
+    """The ``corrupt_row`` fixture: store an unreadable row under ``saga_id``.
+
+    The row has the saga name ``"orders"``, status ``running``, no lease, and
+    ``created_at`` :data:`BASE_TIME`, in whatever columns the store filters and orders by.
+    """
+
+    def __call__(
+        self, store: SagaStore, saga_id: str, *, fault: Fault = "garbage"
+    ) -> Awaitable[None]:
+        """Store the row."""
+        ...
+
+
+FAULTS: tuple[Fault, ...] = ("garbage", "foreign_name", "foreign_id")
 
 BASE_TIME = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
@@ -120,6 +153,76 @@ def same_fields(a: SagaRecord, b: SagaRecord) -> bool:
     left = {name: getattr(a, name) for name in SagaRecord.__slots__ if name != "version"}
     right = {name: getattr(b, name) for name in SagaRecord.__slots__ if name != "version"}
     return left == right
+
+
+def _with_step(record: SagaRecord, **fields: Any) -> None:
+    record.steps["reserve"] = SagaStepRecord("reserve", SagaStepStatus.COMPLETED, **fields)
+
+
+def _set_in_data(record: SagaRecord) -> None:
+    record.data["tags"] = {"a", "b"}
+
+
+def _int_key(record: SagaRecord) -> None:
+    data: dict[Any, Any] = record.data
+    data[1] = "one"  # JSON would silently store it as "1"
+
+
+def _nested_int_key(record: SagaRecord) -> None:
+    record.data["outer"] = {"inner": [{1: "one"}]}
+
+
+def _lone_surrogate(record: SagaRecord) -> None:
+    record.data["name"] = "caf\udce9"
+
+
+def _huge_int(record: SagaRecord) -> None:
+    record.data["big"] = 10**5000  # more digits than Python prints by default (4300)
+
+
+def _nan(record: SagaRecord) -> None:
+    record.data["ratio"] = math.nan
+
+
+def _bad_metadata(record: SagaRecord) -> None:
+    record.metadata["trace"] = {"id": math.inf}
+
+
+def _bad_output(record: SagaRecord) -> None:
+    _with_step(record, output={"ids": {1, 2}})
+
+
+def _bad_step_error(record: SagaRecord) -> None:
+    _with_step(record, error="declined: \ud800", attempt_errors=["declined: \ud800"])
+
+
+def _bad_saga_error(record: SagaRecord) -> None:
+    record.error = "failed: \udfff"
+
+
+def _several(record: SagaRecord) -> None:
+    _set_in_data(record)
+    _nan(record)
+    _bad_output(record)
+
+
+UNSTORABLE: list[tuple[Callable[[SagaRecord], None], tuple[Rejection, ...]]] = [
+    (_set_in_data, (Rejection("data", "tags"),)),
+    (_int_key, (Rejection("data", "1"),)),
+    (_nested_int_key, (Rejection("data", "outer"),)),
+    (_lone_surrogate, (Rejection("data", "name"),)),
+    (_huge_int, (Rejection("data", "big"),)),
+    (_nan, (Rejection("data", "ratio"),)),
+    (_bad_metadata, (Rejection("metadata", "trace"),)),
+    (_bad_output, (Rejection("output", "reserve"),)),
+    (_bad_step_error, (Rejection("error", "reserve"),)),
+    (_bad_saga_error, (Rejection("error", ""),)),
+    (
+        _several,
+        (Rejection("data", "tags"), Rejection("data", "ratio"), Rejection("output", "reserve")),
+    ),
+]
+"""Ways to spoil a record, and the rejections every store must report for them."""
 
 
 class StoreContract:
@@ -271,6 +374,37 @@ class StoreContract:
         assert loaded is not None
         assert (loaded.version, "when" in loaded.data) == (1, False)
 
+    @pytest.mark.parametrize(
+        ("spoil", "rejections"),
+        UNSTORABLE,
+        ids=[spoil.__name__.strip("_") for spoil, _ in UNSTORABLE],
+    )
+    async def test_unstorable_value_is_refused_naming_it(
+        self,
+        store: SagaStore,
+        spoil: Callable[[SagaRecord], None],
+        rejections: tuple[Rejection, ...],
+    ) -> None:
+        """Every store refuses the same values with the same rejections, writing nothing."""
+        new = make_record("s-new")
+        spoil(new)
+        with pytest.raises(SagaDataError) as caught:
+            await store.save(new)
+        assert caught.value.rejections == rejections
+        assert (new.version, await store.load("s-new")) == (0, None)
+
+        record = make_record("s-1")
+        await store.save(record)
+        before = await store.load("s-1")
+        spoil(record)
+        with pytest.raises(SagaDataError) as caught:
+            await store.save(record)
+        assert caught.value.rejections == rejections
+        assert caught.value.keys == tuple(r.key for r in rejections if r.kind == "data")
+        assert caught.value.saga_id == "s-1"
+        assert record.version == 1
+        assert await store.load("s-1") == before
+
     async def test_corrupt_row_is_reported(self, store: SagaStore, corrupt_row: CorruptRow) -> None:
         """An unreadable row raises CorruptRecordError naming the saga."""
         await corrupt_row(store, "bad-1")
@@ -278,6 +412,16 @@ class StoreContract:
             await store.load("bad-1")
         assert caught.value.saga_id == "bad-1"
         assert "bad-1" in str(caught.value)
+
+    @pytest.mark.parametrize("fault", FAULTS)
+    async def test_load_reports_every_kind_of_corrupt_row(
+        self, store: SagaStore, corrupt_row: CorruptRow, fault: Fault
+    ) -> None:
+        """A row unreadable for any reason makes load() raise CorruptRecordError naming it."""
+        await corrupt_row(store, "bad-1", fault=fault)
+        with pytest.raises(CorruptRecordError) as caught:
+            await store.load("bad-1")
+        assert caught.value.saga_id == "bad-1"
 
     async def test_claim_skips_corrupt_rows(
         self, store: SagaStore, corrupt_row: CorruptRow
@@ -287,6 +431,67 @@ class StoreContract:
         await corrupt_row(store, "bad-1")
         claimed = await store.claim("w1", "l1", lease_seconds=30, saga_names=["orders"])
         assert [record.saga_id for record in claimed] == ["good"]
+
+    @pytest.mark.parametrize("fault", FAULTS)
+    async def test_unreadable_row_never_strands_a_claim_batch(
+        self,
+        store: SagaStore,
+        corrupt_row: CorruptRow,
+        fault: Fault,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A claim takes the readable sagas around an unreadable one, logs it, leaves it free."""
+        await store.save(make_record("early", created_at=BASE_TIME - timedelta(seconds=1)))
+        await corrupt_row(store, "bad-1", fault=fault)
+        await store.save(make_record("late", created_at=BASE_TIME + timedelta(seconds=1)))
+        with caplog.at_level(logging.ERROR, logger="lexigram.events.sagas"):
+            claimed = await store.claim(
+                "w1", "l1", lease_seconds=30, saga_names=["orders"], limit=2
+            )
+            by_id = await store.claim(
+                "w1", "l1", lease_seconds=30, saga_names=["orders"], saga_id="bad-1"
+            )
+        assert [(r.saga_id, r.saga_name) for r in claimed] == [
+            ("early", "orders"),
+            ("late", "orders"),
+        ]
+        assert by_id == []
+        logged = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert logged
+        assert all("bad-1" in r.getMessage() for r in logged)
+        # Not left leased to the claimer, and still reported to whoever reads it.
+        assert await store.renew("w1", "l1", ["bad-1"], lease_seconds=30) == []
+        assert await store.release("bad-1", "w1", "l1") is False
+        with pytest.raises(CorruptRecordError) as caught:
+            await store.load("bad-1")
+        assert caught.value.saga_id == "bad-1"
+
+    @pytest.mark.parametrize("fault", FAULTS)
+    async def test_listing_skips_unreadable_rows_and_logs_them(
+        self,
+        store: SagaStore,
+        corrupt_row: CorruptRow,
+        fault: Fault,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """list() and list_by_name() return the readable sagas and log the unreadable one."""
+        await store.save(make_record("early", created_at=BASE_TIME - timedelta(seconds=1)))
+        await corrupt_row(store, "bad-1", fault=fault)
+        await store.save(make_record("late", created_at=BASE_TIME + timedelta(seconds=1)))
+        with caplog.at_level(logging.ERROR, logger="lexigram.events.sagas"):
+            listings = [
+                await store.list(),
+                await store.list(limit=2),
+                await store.list(saga_name="orders", status=SagaStatus.RUNNING, limit=2),
+                await store.list_by_name("orders"),
+            ]
+        for listed in listings:
+            assert [r.saga_id for r in listed] == ["late", "early"]
+        logged = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert logged
+        assert all("bad-1" in r.getMessage() for r in logged)
+        with pytest.raises(CorruptRecordError):
+            await store.load("bad-1")
 
     # ------------------------------------------------------------------ listing and deleting
 
@@ -307,6 +512,19 @@ class StoreContract:
         assert [r.saga_id for r in running] == ["o-4", "o-2"]
         assert len(await store.list()) == 6
         assert [r.saga_id for r in await store.list(limit=1)] == ["o-4"]
+
+    @pytest.mark.parametrize("limit", ["x", True, 2.5, None])
+    async def test_list_limit_must_be_an_int(self, store: SagaStore, limit: Any) -> None:
+        """A limit that is not an int raises TypeError naming ``limit``."""
+        with pytest.raises(TypeError, match="limit"):
+            await store.list(limit=limit)
+
+    async def test_list_limit_must_not_be_negative(self, store: SagaStore) -> None:
+        """A negative limit raises ValueError naming ``limit``; zero lists nothing."""
+        await store.save(make_record("s-1"))
+        with pytest.raises(ValueError, match="limit"):
+            await store.list(limit=-1)
+        assert await store.list(limit=0) == []
 
     async def test_list_by_name(self, store: SagaStore) -> None:
         """list_by_name() returns every saga of that name."""
