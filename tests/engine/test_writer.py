@@ -14,11 +14,26 @@ import pytest
 
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import SagaContext, SagaStepResult
+from lexigram.events.sagas.errors import SagaStoreUnavailableError
 from lexigram.events.sagas.manager import SagaManager
 from lexigram.events.sagas.sqlite import SQLiteSagaStore
 from lexigram.events.sagas.store import InMemorySagaStore, SagaStore
 from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepStatus
-from tests.support.helpers import WAIT, Script, manager_for, raise_each
+from tests.support.helpers import (
+    WAIT,
+    Crash,
+    Fault,
+    FaultStore,
+    Script,
+    Tuning,
+    await_crash,
+    blocking,
+    manager_for,
+    raise_each,
+    returning,
+    saga_class,
+    stored,
+)
 
 FAST = SagaConfig(retry_delay_seconds=0)
 P = SagaStatus
@@ -220,3 +235,169 @@ async def test_no_write_is_skipped_after_a_refusal(store: SagaStore) -> None:
     fresh = SagaManager(store, config=FAST)
     assert await fresh.recover() == 0  # nothing left running under an old lease
     await fresh.close()
+
+
+def failing_c(script: Script) -> Script:
+    """Make step c of ``script`` return a business failure."""
+    script.behaviours["c"] = returning(SagaStepResult.fail("declined"))
+    return script
+
+
+# --------------------------------------------------------------------------- store outages
+
+
+async def test_store_outage_mid_saga_does_not_fail_it() -> None:
+    """Writes failing with SagaStoreUnavailableError are retried; the saga completes."""
+    store = FaultStore(InMemorySagaStore(), Fault(unavailable={2, 3}))
+    script = Script()
+    manager = manager_for(script, store=store, config=FAST)
+    record = await manager.execute("scripted", timeout=WAIT)
+    assert record.status is P.COMPLETED
+    assert script.actions() == ["a", "b", "c"]
+    await manager.close()
+
+
+async def test_store_outage_during_compensation_does_not_fail_it() -> None:
+    """An outage while compensating delays but does not change the outcome."""
+    store = FaultStore(InMemorySagaStore(), Fault(unavailable={4, 5, 6}))
+    script = failing_c(Script())
+    manager = manager_for(script, store=store, config=FAST)
+    record = await manager.execute("scripted", timeout=WAIT)
+    assert record.status is P.COMPENSATED
+    assert script.undone() == ["b", "a"]
+    await manager.close()
+
+
+@pytest.mark.parametrize("write", [2, 3, 4])
+async def test_ambiguous_commit_is_not_a_conflict(write: int) -> None:
+    """A write that landed but reported an error causes no false conflict and no rerun."""
+    store = FaultStore(InMemorySagaStore(), Fault(ambiguous={write}))
+    script = Script()
+    manager = manager_for(script, store=store, config=FAST)
+    record = await manager.execute("scripted", timeout=WAIT)
+    assert record.status is P.COMPLETED
+    assert script.calls == ["a:1", "b:1", "c:1"]
+    await manager.close()
+
+
+@pytest.mark.parametrize("write", [4, 5, 6])
+async def test_ambiguous_commit_while_compensating(write: int) -> None:
+    """An ambiguous write during compensation runs no compensation twice."""
+    store = FaultStore(InMemorySagaStore(), Fault(ambiguous={write}))
+    script = failing_c(Script())
+    manager = manager_for(script, store=store, config=FAST)
+    record = await manager.execute("scripted", timeout=WAIT)
+    assert record.status is P.COMPENSATED
+    assert script.undone() == ["b", "a"]
+    await manager.close()
+
+
+async def test_retried_start_after_ambiguous_commit_runs_the_saga_once() -> None:
+    """If start()'s write landed but reported an error, retrying start() runs the saga once."""
+    inner = InMemorySagaStore()
+    script = Script()
+    manager = manager_for(script, store=FaultStore(inner, Fault(ambiguous={1})), config=FAST)
+    with pytest.raises(SagaStoreUnavailableError):
+        await manager.start("scripted", {"order_id": "o-1"}, "s-1")
+    assert await manager.start("scripted", {"order_id": "o-1"}, "s-1") == "s-1"
+    record = await manager.wait("s-1", timeout=WAIT)
+    assert record.status is P.COMPLETED
+    assert len(await inner.list()) == 1
+    assert script.calls == ["a:1", "b:1", "c:1"]
+    await manager.close()
+
+
+class BoomError(Exception):
+    pass
+
+
+def broken_factory() -> Any:
+    raise BoomError("no services")
+
+
+async def test_factory_failure_fails_the_saga_and_wakes_the_waiter() -> None:
+    """A factory that raises fails the saga (not a hang): ``execute()`` gets its record."""
+    inner = InMemorySagaStore()
+    script = Script()
+    broken = SagaManager(inner, config=FAST)
+    broken.register(saga_class(script), factory=broken_factory)
+    record = await asyncio.wait_for(broken.execute("scripted"), WAIT)
+    assert record.status is P.COMPENSATED
+    assert record.failure is not None
+    assert record.failure.kind == "step_error"
+    assert "factory raised BoomError: no services" in (record.error or "")
+    assert script.calls == []
+    assert (await stored(inner, record.saga_id)).status is P.COMPENSATED
+    await broken.close()
+
+
+async def test_factory_failure_on_resume_cannot_compensate_so_the_saga_fails() -> None:
+    """Resumed with steps done but no instance, compensations cannot run: ``FAILED``."""
+    inner = InMemorySagaStore()
+    script = Script()
+    first = manager_for(script, store=inner, config=FAST)
+    entered, release = asyncio.Event(), asyncio.Event()
+    script.behaviours["b"] = blocking(entered, release)
+    saga_id = await first.start("scripted")
+    await entered.wait()
+    await first.close()  # stops it without compensating: "a" is done, "b" in flight
+    broken = SagaManager(inner, config=FAST)
+    broken.register(saga_class(script), factory=broken_factory)
+    assert await broken.recover() == 1
+    record = await broken.wait(saga_id, timeout=WAIT)
+    assert record.status is P.FAILED
+    assert record.failure is not None
+    assert record.failure.kind == "compensation_failed"
+    assert record.steps["a"].status is T.FAILED
+    assert "could not be built" in (record.steps["a"].compensation_error or "")
+    await broken.close()
+
+
+async def test_failed_attempts_survive_a_crash() -> None:
+    """Attempts recorded before a crash still count; the attempt cut short does not."""
+    inner = InMemorySagaStore()
+    script = Script()
+    plan: list[BaseException | None] = [ConnectionError("flaky"), Crash("died"), None]
+
+    async def step_b(ctx: SagaContext) -> object:
+        outcome_ = plan.pop(0)
+        if outcome_ is not None:
+            raise outcome_
+        return {"attempt": ctx.attempt}
+
+    script.behaviours["b"] = step_b
+    tuning = {"b": Tuning(max_retries=1)}
+    first = manager_for(script, store=inner, config=FAST, worker_id="w", tuning=tuning)
+    saga_id = await first.start("scripted")
+    await await_crash(saga_id)
+    second = manager_for(script, store=inner, config=FAST, worker_id="w", tuning=tuning)
+    await second.recover()
+    record = await second.wait(saga_id, timeout=WAIT)
+    assert record.status is P.COMPLETED
+    assert script.calls == ["a:1", "b:1", "b:2", "b:2", "c:1"]
+    assert record.steps["b"].attempts == 2
+    assert record.steps["b"].attempt_errors == ["ConnectionError: flaky"]
+    await first.close()
+    await second.close()
+
+
+async def test_logs_never_contain_context_payloads(caplog: pytest.LogCaptureFixture) -> None:
+    """Retries, outages, rejected values and compensation log ids, never data values."""
+    secret = "4111-1111-SECRET"
+    script = Script()
+    script.behaviours["a"] = raise_each(ConnectionError("flaky"))
+
+    async def leak(ctx: SagaContext) -> object:
+        ctx["card_copy"] = {secret}  # not JSON: rejected, logged by key
+        return None
+
+    script.behaviours["b"] = leak
+    store = FaultStore(InMemorySagaStore(), Fault(unavailable={2}))
+    manager = manager_for(script, store=store, config=FAST)
+    with caplog.at_level("DEBUG", logger="lexigram"):
+        record = await manager.execute("scripted", {"card": secret}, timeout=WAIT)
+    await manager.close()
+    assert record.status is P.COMPENSATED
+    assert caplog.records  # something was logged
+    assert secret not in caplog.text
+    assert all(secret not in (r.getMessage() + str(r.args)) for r in caplog.records)

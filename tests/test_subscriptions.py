@@ -1,0 +1,127 @@
+"""Choreography: start_on starts a saga per published event (SPEC 8)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from lexigram.events import DomainEvent, InMemoryEventBus
+from lexigram.events.sagas.config import SagaConfig
+from lexigram.events.sagas.errors import (
+    SagaError,
+    SagaNotFoundError,
+)
+from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepStatus
+from tests.support.helpers import (
+    WAIT,
+    Script,
+    manager_for,
+    settle,
+)
+
+FAST = SagaConfig(retry_delay_seconds=0)
+P = SagaStatus
+T = SagaStepStatus
+
+
+class OrderPlaced(DomainEvent):
+    order_id: str
+
+
+def progress(record: SagaRecord) -> tuple[Any, ...]:
+    """The parts of a record that recovery must never change when it refuses a saga."""
+    return (
+        record.status,
+        record.data,
+        record.step_statuses(),
+        record.current_step,
+        record.error,
+        record.completed_at,
+    )
+
+
+# --------------------------------------------------------------------------- start_on
+
+
+async def test_start_on_starts_a_saga_per_event() -> None:
+    """Each published event starts one saga with the event's fields as data."""
+    bus = InMemoryEventBus()
+    script = Script()
+    manager = manager_for(script, config=FAST, event_bus=bus)
+    manager.start_on(OrderPlaced, "scripted")
+    first, second = OrderPlaced(order_id="o-1"), OrderPlaced(order_id="o-2")
+    await bus.publish(first)
+    await bus.publish(second)
+    records = [await manager.wait(f"scripted:{e.event_id}", timeout=WAIT) for e in (first, second)]
+    assert [record.data["order_id"] for record in records] == ["o-1", "o-2"]
+    assert all(record.status is P.COMPLETED for record in records)
+    await manager.close()
+
+
+async def test_start_on_is_idempotent_per_event_id() -> None:
+    """Delivering one event twice starts one saga."""
+    bus = InMemoryEventBus()
+    script = Script()
+    manager = manager_for(script, config=FAST, event_bus=bus)
+    manager.start_on(OrderPlaced, "scripted")
+    event = OrderPlaced(order_id="o-1")
+    await bus.publish(event)
+    await bus.publish(event)
+    await manager.wait(f"scripted:{event.event_id}", timeout=WAIT)
+    await settle(manager)
+    assert len(await manager.list()) == 1
+    assert script.actions() == ["a", "b", "c"]
+    await manager.close()
+
+
+async def test_start_on_with_custom_data_and_id() -> None:
+    """``data`` and ``saga_id`` may be functions of the event."""
+    bus = InMemoryEventBus()
+    manager = manager_for(Script(), config=FAST, event_bus=bus)
+    manager.start_on(
+        OrderPlaced,
+        "scripted",
+        data=lambda event: {"order": event.order_id, "source": "bus"},
+        saga_id=lambda event: f"order-{event.order_id}",
+    )
+    await bus.publish(OrderPlaced(order_id="o-9"))
+    record = await manager.wait("order-o-9", timeout=WAIT)
+    assert record.data["order"] == "o-9"
+    assert record.data["source"] == "bus"
+    await manager.close()
+
+
+async def test_start_on_returns_a_function_that_stops_listening() -> None:
+    """After calling the returned function, events start nothing."""
+    bus = InMemoryEventBus()
+    manager = manager_for(Script(), config=FAST, event_bus=bus)
+    stop = manager.start_on(OrderPlaced, "scripted")
+    assert stop() is True
+    await bus.publish(OrderPlaced(order_id="o-1"))
+    assert await manager.list() == []
+    await manager.close()
+
+
+def test_start_on_needs_an_event_bus() -> None:
+    """Without an event bus ``start_on`` raises ``SagaError``."""
+    manager = manager_for(Script(), config=FAST)
+    with pytest.raises(SagaError, match="event_bus"):
+        manager.start_on(OrderPlaced, "scripted")
+
+
+def test_start_on_unknown_name_fails_at_once() -> None:
+    """``start_on`` with an unregistered name raises ``SagaNotFoundError``."""
+    manager = manager_for(Script(), config=FAST, event_bus=InMemoryEventBus())
+    with pytest.raises(SagaNotFoundError):
+        manager.start_on(OrderPlaced, "nope")
+
+
+async def test_close_stops_start_on_listening() -> None:
+    """A closed manager no longer reacts to events."""
+    bus = InMemoryEventBus()
+    manager = manager_for(Script(), config=FAST, event_bus=bus)
+    manager.start_on(OrderPlaced, "scripted")
+    await manager.close()
+    assert (await bus.publish(OrderPlaced(order_id="o-1"))).is_ok()
+    assert await manager.list() == []
