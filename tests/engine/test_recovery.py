@@ -13,10 +13,11 @@ from lexigram.events.sagas.context import SagaStepResult
 from lexigram.events.sagas.errors import (
     SagaDefinitionError,
     SagaNotFoundError,
+    SagaStoreUnavailableError,
 )
 from lexigram.events.sagas.manager import SagaManager
 from lexigram.events.sagas.store import InMemorySagaStore
-from lexigram.events.sagas.testing import ManualClock
+from lexigram.events.sagas.testing import FaultyStore, ManualClock
 from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepStatus
 from tests.support.helpers import (
     WAIT,
@@ -444,3 +445,59 @@ async def test_two_workers_recovering_at_once_run_each_saga_once() -> None:
     assert script.count("c") == 5
     await first.close()
     await second.close()
+
+
+# --------------------------------------------------------------------------- stranded sagas
+
+
+async def free_saga(store: InMemorySagaStore) -> str:
+    """Store a saga no worker holds (started, then released by a shutdown)."""
+    script = Script()
+    entered, release = asyncio.Event(), asyncio.Event()
+    script.behaviours["a"] = blocking(entered, release)
+    first = manager_for(script, store=store, config=SagaConfig(shutdown_timeout=0))
+    saga_id = await first.start("scripted")
+    await entered.wait()
+    await first.close()
+    return saga_id
+
+
+async def test_a_claim_whose_reply_was_lost_strands_nothing() -> None:
+    """A claim that committed but whose reply was lost: the same worker still runs it."""
+    store = InMemorySagaStore()
+    saga_id = await free_saga(store)
+    manager = manager_for(Script(), store=FaultyStore(store, ambiguous_writes={1}), config=FAST)
+    assert await manager.recover() == 1
+    assert (await manager.wait(saga_id, timeout=WAIT)).status is P.COMPLETED
+    assert manager.recovery_problems == []
+    await manager.close()
+
+
+async def test_resume_after_a_lost_claim_reply_runs_the_saga() -> None:
+    """``resume(id)`` whose claim reply was lost: retrying it runs the saga, once."""
+    store = InMemorySagaStore()
+    saga_id = await free_saga(store)
+    script = Script()
+    manager = manager_for(script, store=FaultyStore(store, ambiguous_writes={1}), config=FAST)
+    with pytest.raises(SagaStoreUnavailableError):
+        await manager.resume(saga_id)
+    await manager.resume(saga_id)  # the caller retries: the saga is ours already
+    assert (await manager.wait(saga_id, timeout=WAIT)).status is P.COMPLETED
+    assert script.count("a") == 1
+    await manager.close()
+
+
+async def test_recover_never_adopts_a_saga_its_worker_is_starting() -> None:
+    """A saga this worker's ``start()`` is storing is never launched twice by ``recover()``."""
+    script = Script()
+    entered, release = asyncio.Event(), asyncio.Event()
+    script.behaviours["a"] = blocking(entered, release)
+    store = InMemorySagaStore()
+    manager = manager_for(script, store=store, config=FAST)
+    saga_id = await manager.start("scripted")
+    await entered.wait()
+    assert await manager.recover() == 0
+    release.set()
+    assert (await manager.wait(saga_id, timeout=WAIT)).status is P.COMPLETED
+    assert script.count("a") == 1
+    await manager.close()

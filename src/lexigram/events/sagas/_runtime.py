@@ -106,7 +106,7 @@ class SagaRuntime:
             clock=clock,
             sleep=sleep,
         )
-        self._recovery = Recovery(self._engine, self._registry.flows)
+        self._recovery = Recovery(self._engine, self._registry.flows, self._starting)
         self.recovery_problems: builtins.list[RecoveryProblem] = []
         """What the last ``recover()`` found but left untouched (unknown or changed definitions)."""
 

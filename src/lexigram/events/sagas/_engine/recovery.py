@@ -8,7 +8,7 @@ A saga resumes only under a definition that still matches its recorded progress
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from lexigram.events.sagas._engine.backoff import CLAIM_RETRY
@@ -16,7 +16,6 @@ from lexigram.events.sagas._engine.engine import Engine
 from lexigram.events.sagas._engine.flow import Flow, align_cursor, check_resumable
 from lexigram.events.sagas._logging import log_fields
 from lexigram.events.sagas.errors import (
-    CorruptRecordError,
     SagaDefinitionError,
     SagaError,
     SagaLeaseError,
@@ -59,9 +58,31 @@ class RecoveryProblem:
 class Recovery:
     """Claims stored sagas for one engine, checking each against its registered flow."""
 
-    def __init__(self, engine: Engine, flows: Mapping[str, Flow]) -> None:
+    def __init__(
+        self, engine: Engine, flows: Mapping[str, Flow], starting: Collection[str]
+    ) -> None:
         self._engine = engine
         self._flows = flows
+        self._starting = starting  # ids a start() of this worker is storing right now
+        self._taking: set[str] = set()  # ids take_over() is claiming right now
+
+    def _stranded(self, record: SagaRecord) -> bool:
+        """Whether ``record`` is held under this worker's own lease but runs nowhere.
+
+        That happens when a claim committed but its reply was lost: the claim is retried,
+        yet a worker never claims what it holds itself, so without this check the saga
+        would wait for a restart.
+        """
+        engine = self._engine
+        saga_id = record.saga_id
+        return (
+            not record.is_terminal
+            and record.lease_owner == engine.worker_id
+            and record.lease_id == engine.lease_id
+            and saga_id not in engine.runs
+            and saga_id not in self._starting
+            and saga_id not in self._taking
+        )
 
     def resumable(self, record: SagaRecord) -> Flow:
         """Return the flow ``record`` can resume under, or raise why it cannot.
@@ -91,14 +112,20 @@ class Recovery:
         """
         self.resumable(record)  # refuse before touching the stored saga
         engine = self._engine
-        claimed = await engine.store.claim(
-            engine.worker_id,
-            engine.lease_id,
-            lease_seconds=engine.lease.seconds,
-            saga_names=[record.saga_name],
-            limit=1,
-            saga_id=record.saga_id,
-        )
+        self._taking.add(record.saga_id)
+        try:
+            claimed = await engine.store.claim(
+                engine.worker_id,
+                engine.lease_id,
+                lease_seconds=engine.lease.seconds,
+                saga_names=[record.saga_name],
+                limit=1,
+                saga_id=record.saga_id,
+            )
+        finally:
+            self._taking.discard(record.saga_id)
+        if not claimed and self._stranded(record):
+            claimed = [record]  # an earlier claim of ours landed but its reply was lost
         if not claimed:
             raise SagaLeaseError(
                 f"saga '{record.saga_id}' is held by worker '{record.lease_owner}'",
@@ -140,7 +167,18 @@ class Recovery:
                 break
         for record in refused:  # released only now, so the loop above cannot claim them again
             await engine.store.release(record.saga_id, engine.worker_id, engine.lease_id)
-        problems += await self._unregistered_sagas()
+        unknown, stranded = await self._survey()
+        problems += unknown
+        for record in stranded:
+            try:
+                flow = self.resumable(record)
+            except SagaError as error:
+                problems.append(RecoveryProblem(record.saga_id, record.saga_name, error))
+                await engine.store.release(record.saga_id, engine.worker_id, engine.lease_id)
+                continue
+            align_cursor(flow, record)
+            engine.launch(record, flow)
+            resumed += 1
         for problem in problems:
             logger.warning(
                 "recover(): saga %s (%s) left untouched: %s",
@@ -179,15 +217,17 @@ class Recovery:
                 await engine.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _unregistered_sagas(self) -> list[RecoveryProblem]:
-        """List unfinished sagas of names not registered here (best effort, for reporting)."""
+    async def _survey(self) -> tuple[list[RecoveryProblem], list[SagaRecord]]:
+        """Look over unfinished sagas (best effort): what to report, what to resume.
+
+        Returns sagas of names not registered here (to report) and sagas stranded under
+        this worker's own lease (to resume).
+        """
         found: list[RecoveryProblem] = []
+        stranded: list[SagaRecord] = []
         for status in (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING):
             try:
                 records = await self._engine.store.list(status=status, limit=1000)
-            except CorruptRecordError as error:
-                found.append(RecoveryProblem(error.saga_id or "?", "?", error))
-                continue
             except SagaStoreError:
                 logger.warning(
                     "recover(): could not list %s sagas to report",
@@ -197,7 +237,9 @@ class Recovery:
                 )
                 continue
             for record in records:
-                if record.saga_name not in self._flows:
+                if self._stranded(record):
+                    stranded.append(record)
+                elif record.saga_name not in self._flows:
                     found.append(
                         RecoveryProblem(
                             record.saga_id,
@@ -205,4 +247,4 @@ class Recovery:
                             SagaNotFoundError.for_name(record.saga_name),
                         )
                     )
-        return found
+        return found, stranded
