@@ -219,6 +219,20 @@ def _str_keys(value: object) -> bool:
     return True
 
 
+def _is_text(value: object) -> bool:
+    return value is None or type(value) is str
+
+
+def _step_is_plain(step: SagaStepRecord) -> bool:
+    """Whether a step's output has str keys only and its error texts are text."""
+    return (
+        _str_keys(step.output)
+        and _is_text(step.error)
+        and _is_text(step.compensation_error)
+        and all(type(text) is str for text in step.attempt_errors)
+    )
+
+
 def _storable(value: object) -> bool:
     try:
         storable_json(value)
@@ -332,11 +346,13 @@ def encode_record(record: SagaRecord) -> str:
         text = _dumps(dump_record(record))
     except (TypeError, ValueError, RecursionError):
         raise rejected(record) from None
-    # Only the parts user code fills can hold non-str keys; the rest is built here.
+    # Only the parts user code fills can hold non-str keys or non-str error texts; the rest
+    # is built here.
     if not (
         _str_keys(record.data)
         and _str_keys(record.metadata)
-        and all(_str_keys(step.output) for step in record.steps.values())
+        and all(_step_is_plain(step) for step in record.steps.values())
+        and _is_text(record.error)
     ):
         raise rejected(record)
     if not text.isascii():  # O(1) in CPython: ASCII text, the common case, pays nothing
