@@ -1,7 +1,8 @@
-"""The one backoff policy: retry delays, caps and jitter (SPEC section 4)."""
+"""The one backoff policy: retry delays, caps and jitter, and the injected sleep (SPEC 4)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import pytest
@@ -11,6 +12,8 @@ from hypothesis import strategies as st
 from lexigram.events.sagas._engine.backoff import STORE_RETRY, Backoff, retry_backoff
 from lexigram.events.sagas._engine.flow import RetryPolicy
 from lexigram.events.sagas.config import SagaConfig
+from lexigram.events.sagas.testing import NoWaits
+from tests.support.helpers import Script, Tuning, manager_for, raise_each
 
 
 def policy(delay: float) -> RetryPolicy:
@@ -102,3 +105,41 @@ def test_store_outage_retries_double_up_to_two_seconds() -> None:
     """Writes retried while the store is down wait 50 ms, 100 ms, ... at most 2 s."""
     delays = [STORE_RETRY.delay(n) for n in (1, 2, 3, 10)]
     assert delays == pytest.approx([0.05, 0.1, 0.2, 2.0])
+
+
+# --------------------------------------------------------------------------- injected sleep
+
+
+async def test_no_waits_removes_a_steps_own_retry_delay() -> None:
+    """``sleep=NoWaits()`` skips every delay, a step's own ``retry_delay`` included."""
+    no_waits = NoWaits()
+    script = Script()
+    script.behaviours["b"] = raise_each(ConnectionError("1"), ConnectionError("2"))
+    manager = manager_for(
+        script,
+        config=SagaConfig(jitter=0, max_retry_delay=1000.0),
+        tuning={"b": Tuning(max_retries=3, retry_delay=100.0)},
+        sleep=no_waits,
+    )
+    record = await asyncio.wait_for(manager.execute("scripted"), 5)
+    await manager.close()
+    assert record.status.value == "completed"
+    assert no_waits.delays == [100.0, 200.0]
+
+
+async def test_no_waits_covers_compensation_retries() -> None:
+    """A compensation's retry delays go through the injected sleep too."""
+    no_waits = NoWaits()
+    script = Script()
+    script.behaviours["c"] = raise_each(ValueError("declined"))
+    script.undo_behaviours["a"] = raise_each(ConnectionError("refund down"))
+    manager = manager_for(
+        script,
+        config=SagaConfig(jitter=0),
+        tuning={"a": Tuning(undo_max_retries=2, undo_retry_delay=30.0)},
+        sleep=no_waits,
+    )
+    record = await asyncio.wait_for(manager.execute("scripted"), 5)
+    await manager.close()
+    assert record.status.value == "compensated"
+    assert no_waits.delays == [30.0]
