@@ -8,7 +8,11 @@ the same underlying store then calls ``recover()``.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -340,3 +344,53 @@ async def test_attempt_timeouts_exhaust_retries() -> None:
     assert record.steps["b"].attempts == 2
     assert all("timed out" in error for error in record.steps["b"].attempt_errors)
     await manager.close()
+
+
+CRASHING_RUN = """
+import asyncio, gc
+from lexigram.events.sagas import InMemorySagaStore, SagaBase, SagaContext, SagaManager, saga_step
+from lexigram.events.sagas.testing import FaultyStore
+
+class Two(SagaBase):
+    name = "two"
+
+    @saga_step("a")
+    async def a(self, ctx: SagaContext) -> None:
+        return None
+
+    @saga_step("b")
+    async def b(self, ctx: SagaContext) -> None:
+        return None
+
+async def main() -> None:
+    store = InMemorySagaStore()
+    crashing = SagaManager(FaultyStore(store, crash_after_write=2), worker_id="w")
+    crashing.register(Two)
+    saga_id = await crashing.start("two")
+    await asyncio.sleep(0.05)
+    second = SagaManager(store, worker_id="w")
+    second.register(Two)
+    await second.recover()
+    print((await second.wait(saga_id, timeout=5)).status)
+    await second.close()
+
+asyncio.run(main())
+gc.collect()
+"""
+
+
+def test_a_crashed_run_leaves_no_unretrieved_task_exception(tmp_path: Path) -> None:
+    """A run task ended by ``SimulatedCrash`` is collected: no "never retrieved" warning."""
+    script = tmp_path / "crash.py"
+    script.write_text(CRASHING_RUN)
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONDEVMODE": "1"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "completed"
+    assert "never retrieved" not in result.stderr
