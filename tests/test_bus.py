@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from lexigram.events import DomainEvent, Err, EventBusProtocol, InMemoryEventBus, Ok
+from lexigram.events.sagas._logging import LOG_FIELDS
+from lexigram.events.sagas.events import SagaStepFailed
 
 
 class OrderPlaced(DomainEvent):
@@ -141,6 +143,43 @@ async def test_handler_exception_is_returned_as_err_and_logged(
         result = await bus.publish(OrderPlaced(order_id="o-1"))
     assert result == Err(boom)
     assert any(record.exc_info and record.exc_info[1] is boom for record in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("event", "fields"),
+    [
+        (
+            SagaStepFailed(
+                saga_id="s-1",
+                saga_name="orders",
+                correlation_id="c-1",
+                step_name="charge",
+                attempt=2,
+            ),
+            {"saga_id": "s-1", "saga_name": "orders", "step": "charge", "attempt": 2},
+        ),
+        (
+            OrderPlaced(order_id="o-1"),
+            {"saga_id": None, "saga_name": None, "step": None, "attempt": None},
+        ),
+    ],
+    ids=["saga_event", "other_event"],
+)
+async def test_handler_failure_is_logged_with_the_structured_fields(
+    caplog: pytest.LogCaptureFixture, event: DomainEvent, fields: dict[str, object]
+) -> None:
+    """The failure record carries the five log fields, taken from a saga event when it is one."""
+    bus = InMemoryEventBus()
+
+    async def handler(event: DomainEvent) -> None:
+        raise RuntimeError("handler broke")
+
+    bus.subscribe(DomainEvent, handler)
+    with caplog.at_level(logging.ERROR, logger="lexigram.events"):
+        await bus.publish(event)
+    [record] = caplog.records
+    logged = {name: vars(record)[name] for name in LOG_FIELDS}
+    assert logged == {**fields, "worker_id": None}
 
 
 async def test_other_handlers_run_after_a_failing_one() -> None:

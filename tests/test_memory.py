@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -9,6 +10,7 @@ import pytest
 
 from lexigram.events.sagas import InMemorySagaStore, SagaStore
 from lexigram.events.sagas._leases import is_claimable
+from lexigram.events.sagas._logging import LOG_FIELDS
 from lexigram.events.sagas._memory import _EXPIRES, _Row
 from lexigram.events.sagas.testing.contract import (
     BASE_TIME,
@@ -84,3 +86,19 @@ def test_claim_rule() -> None:
     assert not rule(
         SagaStatus.COMPLETED, None, None, None, owner="w", claimer_lease_id="l", now=now
     )
+
+
+async def test_skipped_rows_are_logged_with_the_structured_fields(
+    store: SagaStore, corrupt_row: CorruptRow, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The records logged for an unreadable row carry the five log fields, naming the saga."""
+    await corrupt_row(store, "bad-1")
+    with caplog.at_level(logging.ERROR, logger="lexigram.events.sagas"):
+        assert await store.list() == []
+        assert await store.claim("w1", "l1", lease_seconds=30, saga_names=["orders"]) == []
+    listed, claimed = (
+        {name: vars(record)[name] for name in LOG_FIELDS} for record in caplog.records
+    )
+    expected = {"saga_id": "bad-1", "saga_name": "orders", "step": None, "attempt": None}
+    assert listed == {**expected, "worker_id": None}
+    assert claimed == {**expected, "worker_id": "w1"}

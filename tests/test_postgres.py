@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import importlib
 import json
+import logging
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +28,7 @@ from lexigram.events.sagas import (
     SagaStoreUnavailableError,
     SchemaVersionError,
 )
+from lexigram.events.sagas._logging import LOG_FIELDS
 from lexigram.events.sagas.base import SagaBase, saga_step
 from lexigram.events.sagas.codec import encode_record
 from lexigram.events.sagas.config import SagaConfig
@@ -464,6 +466,22 @@ async def test_unreadable_row_is_put_back_after_a_claim(
     assert await store.claim("w1", "l1", lease_seconds=30, saga_names=["orders"]) == []
     after = await execute(store, "SELECT version, lease_owner FROM {t} WHERE saga_id = 'bad-1'")
     assert [tuple(row) for row in after] == [tuple(row) for row in before] == [(1, None)]
+
+
+async def test_skipped_rows_are_logged_with_the_structured_fields(
+    store: PostgresSagaStore, corrupt_row: CorruptRow, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The records logged for an unreadable row carry the five log fields, naming the saga."""
+    await corrupt_row(store, "bad-1")
+    with caplog.at_level(logging.ERROR, logger="lexigram.events.sagas"):
+        assert await store.list() == []
+        assert await store.claim("w1", "l1", lease_seconds=30, saga_names=["orders"]) == []
+    listed, claimed = (
+        {name: vars(record)[name] for name in LOG_FIELDS} for record in caplog.records
+    )
+    expected = {"saga_id": "bad-1", "saga_name": "orders", "step": None, "attempt": None}
+    assert listed == {**expected, "worker_id": None}
+    assert claimed == {**expected, "worker_id": "w1"}
 
 
 # ---------------------------------------------------------------------- leases and clocks

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import importlib
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -29,6 +30,7 @@ from lexigram.events.sagas import (
     SagaStoreError,
     SagaStoreUnavailableError,
 )
+from lexigram.events.sagas._logging import LOG_FIELDS
 from lexigram.events.sagas.codec import encode_record
 from lexigram.events.sagas.sqlite import SchemaVersionError, SQLiteSagaStore
 from lexigram.events.sagas.testing import ManualClock
@@ -217,6 +219,22 @@ async def test_corrupt_column_is_reported(store: SagaStore) -> None:
     with pytest.raises(CorruptRecordError) as caught:
         await store.load("s-1")
     assert (caught.value.saga_id, caught.value.field) == ("s-1", "lease_expires_at_us")
+
+
+async def test_skipped_rows_are_logged_with_the_structured_fields(
+    store: SagaStore, corrupt_row: CorruptRow, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The records logged for an unreadable row carry the five log fields, naming the saga."""
+    await corrupt_row(store, "bad-1")
+    with caplog.at_level(logging.ERROR, logger="lexigram.events.sagas"):
+        assert await store.list() == []
+        assert await store.claim("w1", "l1", lease_seconds=30, saga_names=["orders"]) == []
+    listed, claimed = (
+        {name: vars(record)[name] for name in LOG_FIELDS} for record in caplog.records
+    )
+    expected = {"saga_id": "bad-1", "saga_name": "orders", "step": None, "attempt": None}
+    assert listed == {**expected, "worker_id": None}
+    assert claimed == {**expected, "worker_id": "w1"}
 
 
 # ---------------------------------------------------------------------- durability

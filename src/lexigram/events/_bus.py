@@ -44,6 +44,21 @@ class EventBusProtocol(Protocol):
         ...
 
 
+def _log_fields(event: DomainEvent) -> dict[str, Any]:
+    """The structured fields every log record carries (those of ``sagas._logging``).
+
+    Written out here rather than imported: this module sits below the sagas package. A
+    saga event names its saga, step and attempt; any other event leaves them ``None``.
+    """
+    return {
+        "saga_id": getattr(event, "saga_id", None),
+        "saga_name": getattr(event, "saga_name", None),
+        "step": getattr(event, "step_name", None),
+        "attempt": getattr(event, "attempt", None),
+        "worker_id": None,
+    }
+
+
 class InMemoryEventBus:
     """Delivers events in-process, awaiting each async handler in subscription order.
 
@@ -88,6 +103,7 @@ class InMemoryEventBus:
                         handler,
                         event.event_type,
                         event.event_id,
+                        extra=_log_fields(event),
                     )
                     if first_error is None:
                         first_error = exc

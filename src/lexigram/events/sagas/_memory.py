@@ -15,6 +15,7 @@ from operator import attrgetter
 from typing import Any
 
 from lexigram.events.sagas._leases import is_claimable
+from lexigram.events.sagas._logging import log_fields
 from lexigram.events.sagas.codec import EPOCH, loads_json, rejected, storable_json
 from lexigram.events.sagas.errors import ConcurrencyConflictError, CorruptRecordError
 from lexigram.events.sagas.types import (
@@ -48,9 +49,10 @@ def check_list_limit(limit: object) -> int:
 # read in one C call by ``attrgetter``, plus the JSON text of its JSON-valued parts and
 # texts (data, metadata, step outputs, every error text). Saving costs one pass over the
 # fields and one JSON encoding; loading builds fresh objects from both, so callers always
-# get a copy. The payload goes through the codec's ``storable_json`` and the other texts
-# through the same UTF-8 rule, so this store refuses exactly what the codec refuses for the
-# durable stores, with the codec's own ``SagaDataError``.
+# get a copy. The payload goes through the codec's ``storable_json``, the other texts
+# through the same UTF-8 rule, and error texts must be ``str`` as the codec requires, so this
+# store refuses exactly what the codec refuses for the durable stores, with the codec's own
+# ``SagaDataError``.
 _JSON_FIELDS = ("data", "steps", "metadata", "error")
 _STEP_JSON_FIELDS = ("output", "attempt_errors", "error", "compensation_error")
 _PLAIN = tuple(name for name in SagaRecord.__slots__ if name not in _JSON_FIELDS)
@@ -93,7 +95,7 @@ class _Row:
             )
         except (TypeError, ValueError, RecursionError):
             raise rejected(record) from None
-        if not (_utf8(fields) and all(map(_utf8, step_fields))):
+        if not (_utf8(fields) and all(map(_utf8, step_fields)) and _errors_are_text(record)):
             raise rejected(record)
         return cls(builtins.list(fields), step_fields, payload)
 
@@ -135,6 +137,24 @@ def _utf8(values: tuple[Any, ...]) -> bool:
                 value.encode()
             except UnicodeEncodeError:
                 return False
+    return True
+
+
+def _errors_are_text(record: SagaRecord) -> bool:
+    """Whether every error text of ``record`` is a ``str`` (or ``None``), as the codec requires.
+
+    JSON would hold ``attempt_errors=[404]`` or ``error=500``, but the codec refuses them
+    (a record's errors are text), so this store must too.
+    """
+    if record.error is not None and type(record.error) is not str:
+        return False
+    for step in record.steps.values():
+        if (step.error is not None and type(step.error) is not str) or (
+            step.compensation_error is not None and type(step.compensation_error) is not str
+        ):
+            return False
+        if not all(type(text) is str for text in step.attempt_errors):
+            return False
     return True
 
 
@@ -221,7 +241,12 @@ class InMemorySagaStore:
             try:
                 records.append(self._rows[saga_id].record(saga_id))
             except CorruptRecordError as exc:
-                logger.error("list: skipping unreadable saga %s: %s", saga_id, exc)  # noqa: TRY400 - no traceback needed
+                logger.error(  # noqa: TRY400 - no traceback needed
+                    "list: skipping unreadable saga %s: %s",
+                    saga_id,
+                    exc,
+                    extra=log_fields(saga_id=saga_id, saga_name=self._rows[saga_id].fields[_NAME]),
+                )
         return records
 
     async def delete(self, saga_id: str) -> bool:
@@ -264,7 +289,14 @@ class InMemorySagaStore:
             try:
                 record = self._rows[key].record(key)
             except CorruptRecordError as exc:
-                logger.error("cannot claim saga %s: %s", key, exc)  # noqa: TRY400 - no traceback needed
+                logger.error(  # noqa: TRY400 - no traceback needed
+                    "cannot claim saga %s: %s",
+                    key,
+                    exc,
+                    extra=log_fields(
+                        saga_id=key, saga_name=self._rows[key].fields[_NAME], worker_id=owner
+                    ),
+                )
                 continue
             if record.lease_owner is not None:
                 record.recovery_attempts += 1

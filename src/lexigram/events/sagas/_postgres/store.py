@@ -26,40 +26,31 @@ How it keeps the store contract (see ``SagaStore``):
 
 The table layout and the rule for which column or document field wins are described in
 ``lexigram.events.sagas._postgres.sql``. The schema is created on first use (or by ``open()``),
-idempotently and under an advisory lock, so workers may start together.
+idempotently and under an advisory lock, so workers may start together. The pool, the
+schema check and the retry policy of one statement live in ``_postgres.runner``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import builtins
-import contextlib
-import inspect
 import logging
-import random
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import asyncpg
 
+from lexigram.events.sagas._logging import log_fields
 from lexigram.events.sagas._memory import check_list_limit
 from lexigram.events.sagas._postgres.dsn import connect_arguments, is_url
-from lexigram.events.sagas._postgres.errors import (
-    RETRYABLE,
-    connection_lost,
-    describe,
-    is_unavailable,
-    translate,
-)
 from lexigram.events.sagas._postgres.rows import record_from_row, save_arguments
-from lexigram.events.sagas._postgres.sql import Statements, ensure_schema, validate_identifier
+from lexigram.events.sagas._postgres.runner import StatementRunner, pool_arguments
+from lexigram.events.sagas._postgres.sql import Statements, validate_identifier
 from lexigram.events.sagas.errors import (
     ConcurrencyConflictError,
     CorruptRecordError,
     SagaStoreError,
-    SagaStoreUnavailableError,
 )
 from lexigram.events.sagas.types import SagaRecord, SagaStatus
 
@@ -68,21 +59,6 @@ __all__ = ["PostgresSagaStore"]
 logger = logging.getLogger(__name__)
 
 _MAX_TABLE_NAME = 48  # leaves room for the "_completed_idx" suffix within 63 characters
-_CONFLICT_RETRIES = 5
-
-_Query = Literal["fetch", "fetchrow", "fetchval", "execute"]
-
-
-async def _keep_session(connection: Any) -> None:
-    """Pool ``reset`` hook: the store leaves no session state behind, so nothing to reset.
-
-    It never uses ``SET``, ``LISTEN``, cursors or session-level advisory locks, and its only
-    transaction is managed; skipping asyncpg's default reset query saves a round trip on
-    every operation.
-    """
-
-
-_POOL_HAS_RESET = "reset" in inspect.signature(asyncpg.create_pool).parameters
 
 
 class PostgresSagaStore:
@@ -141,33 +117,23 @@ class PostgresSagaStore:
             validate_identifier(schema, "schema"),
             validate_identifier(table, "table", max_length=_MAX_TABLE_NAME),
         )
-        self._dsn: str | None = dsn
         connect_options: dict[str, Any] = {}
         if dsn is not None and not is_url(dsn):
-            self._dsn, connect_options = connect_arguments(dsn)
-        self._pool: Any = pool
-        self._owns_pool = pool is None
-        self._pool_options: dict[str, Any] = {
-            "min_size": min_size,
-            "max_size": max_size,
-            "command_timeout": command_timeout,
-        }
-        if _POOL_HAS_RESET:
-            self._pool_options["reset"] = _keep_session
-        # As asyncpg does for a URL: options given explicitly win over the DSN's.
-        explicit = dict(pool_options or {})
-        settings = {
-            **connect_options.get("server_settings", {}),
-            **(explicit.get("server_settings") or {}),
-        }
-        self._pool_options.update(connect_options)
-        self._pool_options.update(explicit)
-        if settings:
-            self._pool_options["server_settings"] = settings
-        self._timeout = command_timeout
-        self._open_lock = asyncio.Lock()
-        self._ready = False
-        self._closed = False
+            dsn, connect_options = connect_arguments(dsn)
+        self._db = StatementRunner(
+            self._sql,
+            label=repr(self),
+            dsn=dsn,
+            pool=pool,
+            options=pool_arguments(
+                min_size=min_size,
+                max_size=max_size,
+                command_timeout=command_timeout,
+                connect_options=connect_options,
+                explicit=pool_options or {},
+            ),
+            timeout=command_timeout,
+        )
         self._select = {
             (by_name, by_status): self._sql.select(by_name=by_name, by_status=by_status)
             for by_name in (False, True)
@@ -190,7 +156,7 @@ class PostgresSagaStore:
     @property
     def pool(self) -> asyncpg.Pool | None:
         """The pool in use (``None`` until an owned pool is created)."""
-        return self._pool
+        return self._db.pool
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -201,14 +167,11 @@ class PostgresSagaStore:
             SagaStoreUnavailableError: the server cannot be reached.
             SchemaVersionError: the table has a schema version this library does not use.
         """
-        await self._connection_pool()
+        await self._db.connection_pool()
 
     async def close(self) -> None:
         """Close the pool if the store created it; the store is unusable afterwards."""
-        self._closed = True
-        pool, self._pool = self._pool, None
-        if pool is not None and self._owns_pool:
-            await pool.close()
+        await self._db.close()
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -221,94 +184,6 @@ class PostgresSagaStore:
         traceback: TracebackType | None,
     ) -> None:
         await self.close()
-
-    async def _connection_pool(self) -> Any:
-        pool = self._pool
-        if self._ready and pool is not None:
-            return pool
-        async with self._open_lock:
-            if self._closed:
-                raise SagaStoreUnavailableError(f"{self!r} is closed")
-            if self._pool is None:
-                try:
-                    self._pool = await asyncpg.create_pool(self._dsn, **self._pool_options)
-                except Exception as exc:
-                    if not (is_unavailable(exc) or isinstance(exc, asyncpg.PostgresError)):
-                        raise  # a bad DSN or pool option: a bug to fix, not an outage
-                    # No saga data is in play yet, so the server's own words may be quoted.
-                    raise SagaStoreUnavailableError(
-                        f"cannot connect to PostgreSQL: {type(exc).__name__}: {exc}"
-                    ) from exc
-            if not self._ready:
-                try:
-                    async with self._pool.acquire(timeout=self._timeout) as conn:
-                        await ensure_schema(conn, self._sql)
-                except SagaStoreError:
-                    raise
-                except Exception as exc:
-                    error = self._translate(exc, "schema setup", None)
-                    if error is exc:
-                        raise
-                    raise error from exc
-                self._ready = True
-            return self._pool
-
-    # ------------------------------------------------------------------ statements
-
-    async def _query(
-        self,
-        kind: _Query,
-        sql: str,
-        *args: Any,
-        op: str,
-        saga_id: str | None = None,
-        idempotent: bool = False,
-    ) -> Any:
-        """Run one statement on a pooled connection, translating driver errors.
-
-        Deadlocks and serialization failures (the statement was rolled back) are retried a
-        few times. A lost connection is retried once for ``idempotent`` statements (the pool
-        then opens a fresh one); otherwise it raises ``SagaStoreUnavailableError``, since a
-        write may or may not have landed.
-        """
-        pool = await self._connection_pool()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                async with pool.acquire(timeout=self._timeout) as conn:
-                    try:
-                        return await getattr(conn, kind)(sql, *args, timeout=self._timeout)
-                    except Exception as exc:
-                        if is_unavailable(exc):
-                            # Never hand a suspect connection back (a lost one is already
-                            # detached from its proxy, which then refuses the call).
-                            with contextlib.suppress(asyncpg.InterfaceError):
-                                conn.terminate()
-                        raise
-            except RETRYABLE as exc:
-                if attempt >= _CONFLICT_RETRIES:
-                    raise self._translate(exc, op, saga_id) from exc
-                logger.info("%s of saga %s: %s; retrying", op, saga_id, describe(exc))
-                await asyncio.sleep(random.uniform(0.005, 0.02) * attempt)
-            except Exception as exc:
-                if connection_lost(exc) and not self._closed:
-                    # A server restart kills every pooled connection: replace them all
-                    # rather than meet the dead ones one failed operation at a time.
-                    await pool.expire_connections()
-                if idempotent and attempt == 1 and is_unavailable(exc) and not self._closed:
-                    logger.info("%s: %s; retrying on a new connection", op, describe(exc))
-                    continue
-                error = self._translate(exc, op, saga_id)
-                if error is exc:
-                    raise
-                raise error from exc
-
-    def _translate(self, exc: Exception, op: str, saga_id: str | None) -> Exception:
-        where = op if saga_id is None else f"{op} of saga '{saga_id}'"
-        if self._closed:
-            return SagaStoreUnavailableError(f"{where}: {self!r} is closed", saga_id=saga_id)
-        return translate(exc, where, saga_id)
 
     # ------------------------------------------------------------------ SagaStore
 
@@ -326,11 +201,11 @@ class PostgresSagaStore:
         """
         arguments = save_arguments(record)
         statement = self._sql.insert if record.version == 0 else self._sql.update
-        row = await self._query(
+        row = await self._db.query(
             "fetchrow", statement, *arguments, op="save", saga_id=record.saga_id
         )
         if row is None:
-            actual = await self._query(
+            actual = await self._db.query(
                 "fetchval",
                 self._sql.version_of,
                 record.saga_id,
@@ -350,7 +225,7 @@ class PostgresSagaStore:
         Raises:
             CorruptRecordError: the row cannot be read as a saga record.
         """
-        row = await self._query(
+        row = await self._db.query(
             "fetchrow", self._sql.load, saga_id, op="load", saga_id=saga_id, idempotent=True
         )
         return None if row is None else record_from_row(row)
@@ -397,7 +272,7 @@ class PostgresSagaStore:
         skipped: set[str] = set()
         while True:
             want = None if limit is None else limit + len(skipped)
-            rows = await self._query("fetch", sql, want, *args, op="list", idempotent=True)
+            rows = await self._db.query("fetch", sql, want, *args, op="list", idempotent=True)
             records: builtins.list[SagaRecord] = []
             for row in rows:
                 try:
@@ -405,7 +280,12 @@ class PostgresSagaStore:
                 except CorruptRecordError as exc:
                     if row["saga_id"] not in skipped:
                         skipped.add(row["saga_id"])
-                        logger.error("list: skipping unreadable saga %s: %s", row["saga_id"], exc)  # noqa: TRY400 - no traceback needed
+                        logger.error(  # noqa: TRY400 - no traceback needed
+                            "list: skipping unreadable saga %s: %s",
+                            row["saga_id"],
+                            exc,
+                            extra=log_fields(saga_id=row["saga_id"], saga_name=row["saga_name"]),
+                        )
             if limit is None or want is None:
                 return records
             if len(records) >= limit or len(rows) < want:
@@ -413,7 +293,7 @@ class PostgresSagaStore:
 
     async def delete(self, saga_id: str) -> bool:
         """Delete the saga; return whether it existed."""
-        found = await self._query(
+        found = await self._db.query(
             "fetchval", self._sql.delete, saga_id, op="delete", saga_id=saga_id
         )
         return found is not None
@@ -441,7 +321,7 @@ class PostgresSagaStore:
         passed_over: builtins.list[str] = []
         while len(found) < limit:
             wanted = limit - len(found)
-            rows = await self._query(
+            rows = await self._db.query(
                 "fetch",
                 self._sql.claim(by_id=saga_id is not None),
                 names,
@@ -458,8 +338,15 @@ class PostgresSagaStore:
                 try:
                     found.append((row["created_at"], row["saga_id"], record_from_row(row)))
                 except CorruptRecordError as exc:
-                    logger.error("cannot claim saga %s: %s", row["saga_id"], exc)  # noqa: TRY400 - known cause
-                    await self._unclaim(row)
+                    logger.error(  # noqa: TRY400 - known cause
+                        "cannot claim saga %s: %s",
+                        row["saga_id"],
+                        exc,
+                        extra=log_fields(
+                            saga_id=row["saga_id"], saga_name=row["saga_name"], worker_id=owner
+                        ),
+                    )
+                    await self._unclaim(row, owner)
                     passed_over.append(row["saga_id"])
                     unreadable += 1
             if not unreadable or len(rows) < wanted or saga_id is not None:
@@ -467,10 +354,10 @@ class PostgresSagaStore:
         found.sort(key=lambda item: item[:2])
         return [record for _, _, record in found]
 
-    async def _unclaim(self, row: Any) -> None:
+    async def _unclaim(self, row: Any, owner: str) -> None:
         """Put back the lease an unreadable row had; it expires anyway if this fails."""
         try:
-            await self._query(
+            await self._db.query(
                 "execute",
                 self._sql.unclaim,
                 row["saga_id"],
@@ -486,7 +373,14 @@ class PostgresSagaStore:
                 saga_id=row["saga_id"],
             )
         except SagaStoreError:
-            logger.warning("could not restore the lease of saga %s", row["saga_id"], exc_info=True)
+            logger.warning(
+                "could not restore the lease of saga %s",
+                row["saga_id"],
+                exc_info=True,
+                extra=log_fields(
+                    saga_id=row["saga_id"], saga_name=row["saga_name"], worker_id=owner
+                ),
+            )
 
     async def renew(
         self, owner: str, lease_id: str, saga_ids: Sequence[str], *, lease_seconds: float
@@ -495,7 +389,7 @@ class PostgresSagaStore:
         ids = builtins.list(saga_ids)
         if not ids:
             return []
-        rows = await self._query(
+        rows = await self._db.query(
             "fetch",
             self._sql.renew,
             owner,
@@ -510,7 +404,7 @@ class PostgresSagaStore:
 
     async def release(self, saga_id: str, owner: str, lease_id: str) -> bool:
         """Drop this worker's lease on a saga; return whether it held it."""
-        found = await self._query(
+        found = await self._db.query(
             "fetchval", self._sql.release, saga_id, owner, lease_id, op="release", saga_id=saga_id
         )
         return found is not None
@@ -519,7 +413,7 @@ class PostgresSagaStore:
         """Delete up to ``limit`` terminal sagas completed before ``before``; return how many."""
         if limit <= 0:
             return 0
-        status = await self._query(
+        status = await self._db.query(
             "execute", self._sql.delete_terminal, before, limit, op="delete_terminal"
         )
         return int(status.split()[-1])

@@ -26,9 +26,11 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from lexigram.events.sagas._logging import log_fields
 from lexigram.events.sagas.codec import decode_record, encode_record, format_time, parse_time
 from lexigram.events.sagas.errors import ConcurrencyConflictError, CorruptRecordError
 from lexigram.events.sagas.types import TERMINAL_SAGA_STATUSES, SagaRecord, SagaStatus
@@ -83,6 +85,35 @@ def from_us(value: object, field: str, saga_id: str) -> datetime | None:
     return parse_time(value, field, saga_id)
 
 
+def _schema(table: str) -> tuple[str, ...]:
+    """The ``CREATE`` statements of the saga table and its indexes (idempotent)."""
+    t = f'"{table}"'
+    return (
+        f"""CREATE TABLE IF NOT EXISTS {t} (
+            saga_id TEXT PRIMARY KEY NOT NULL,
+            saga_name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            created_at_us INTEGER,
+            updated_at_us INTEGER,
+            completed_at_us INTEGER,
+            lease_owner TEXT,
+            lease_id TEXT,
+            lease_expires_at_us INTEGER,
+            previous_owner TEXT,
+            recovery_attempts INTEGER NOT NULL DEFAULT 0,
+            doc TEXT NOT NULL
+        )""",
+        # Claims read only this index: the sagas that are not terminal, oldest first.
+        f'CREATE INDEX IF NOT EXISTS "{table}_active" ON {t} (created_at_us, saga_id) '
+        f"WHERE {ACTIVE}",
+        f'CREATE INDEX IF NOT EXISTS "{table}_created" ON {t} (created_at_us, saga_id)',
+        f'CREATE INDEX IF NOT EXISTS "{table}_name" ON {t} (saga_name, created_at_us, saga_id)',
+        f'CREATE INDEX IF NOT EXISTS "{table}_completed" ON {t} (completed_at_us) '
+        "WHERE completed_at_us IS NOT NULL",
+    )
+
+
 class Statements:
     """Every SQL statement of one table, built once (the table name is validated first)."""
 
@@ -90,30 +121,7 @@ class Statements:
         t = f'"{table}"'
         self.table = table
         self.meta = f'"{table}_meta"'
-        self.schema: tuple[str, ...] = (
-            f"""CREATE TABLE IF NOT EXISTS {t} (
-                saga_id TEXT PRIMARY KEY NOT NULL,
-                saga_name TEXT NOT NULL,
-                status TEXT NOT NULL,
-                version INTEGER NOT NULL,
-                created_at_us INTEGER,
-                updated_at_us INTEGER,
-                completed_at_us INTEGER,
-                lease_owner TEXT,
-                lease_id TEXT,
-                lease_expires_at_us INTEGER,
-                previous_owner TEXT,
-                recovery_attempts INTEGER NOT NULL DEFAULT 0,
-                doc TEXT NOT NULL
-            )""",
-            # Claims read only this index: the sagas that are not terminal, oldest first.
-            f'CREATE INDEX IF NOT EXISTS "{table}_active" ON {t} (created_at_us, saga_id) '
-            f"WHERE {ACTIVE}",
-            f'CREATE INDEX IF NOT EXISTS "{table}_created" ON {t} (created_at_us, saga_id)',
-            f'CREATE INDEX IF NOT EXISTS "{table}_name" ON {t} (saga_name, created_at_us, saga_id)',
-            f'CREATE INDEX IF NOT EXISTS "{table}_completed" ON {t} (completed_at_us) '
-            "WHERE completed_at_us IS NOT NULL",
-        )
+        self.schema = _schema(table)
         self.insert = (
             f"INSERT INTO {t} (saga_id, saga_name, status, version, created_at_us, "
             "updated_at_us, completed_at_us, lease_owner, lease_id, lease_expires_at_us, "
@@ -315,7 +323,12 @@ def select(
             except CorruptRecordError as exc:
                 if row[0] not in skipped:
                     skipped.add(row[0])
-                    logger.error("list: skipping unreadable saga %s: %s", row[0], exc)  # noqa: TRY400 - no traceback needed
+                    logger.error(  # noqa: TRY400 - no traceback needed
+                        "list: skipping unreadable saga %s: %s",
+                        row[0],
+                        exc,
+                        extra=log_fields(saga_id=row[0], saga_name=row[1]),
+                    )
         if want is None or limit is None:
             return records
         if len(records) >= limit or len(rows) < want:
@@ -330,6 +343,52 @@ def delete(conn: sqlite3.Connection, sql: Statements, saga_id: str) -> bool:
 def delete_terminal(conn: sqlite3.Connection, sql: Statements, before: int, limit: int) -> int:
     """Delete up to ``limit`` terminal sagas completed before ``before``; return how many."""
     return conn.execute(sql.delete_terminal, (before, limit)).rowcount
+
+
+@dataclass(frozen=True, slots=True)
+class _Lease:
+    """The lease one ``claim`` stamps on every saga it takes."""
+
+    owner: str
+    lease_id: str
+    now: datetime
+    expires: datetime
+    now_us: int | None
+    expires_us: int | None
+
+    @classmethod
+    def starting(cls, owner: str, lease_id: str, now: datetime, seconds: float) -> _Lease:
+        """The lease of ``seconds`` from ``now``, its times also in column microseconds."""
+        expires = now + timedelta(seconds=seconds)
+        return cls(owner, lease_id, now, expires, to_us(now), to_us(expires))
+
+
+def _take(conn: sqlite3.Connection, sql: Statements, record: SagaRecord, lease: _Lease) -> bool:
+    """Stamp ``lease`` on ``record`` and on its row (if still at the version read)."""
+    if record.lease_owner is not None:
+        record.recovery_attempts += 1
+    record.previous_owner = record.lease_owner
+    record.lease_owner = lease.owner
+    record.lease_id = lease.lease_id
+    record.lease_expires_at = lease.expires
+    record.updated_at = lease.now
+    version = record.version
+    record.version = version + 1
+    taken = conn.execute(
+        sql.take_lease,
+        (
+            lease.owner,
+            lease.lease_id,
+            lease.expires_us,
+            record.previous_owner,
+            record.recovery_attempts,
+            lease.now_us,
+            version + 1,
+            record.saga_id,
+            version,
+        ),
+    )
+    return taken.rowcount == 1
 
 
 def claim(
@@ -348,17 +407,14 @@ def claim(
     Rows that cannot be decoded are logged and skipped; the query is repeated past them
     until ``limit`` sagas are taken or no candidates are left.
     """
-    now = clock()
-    now_us = to_us(now)
-    expires = now + timedelta(seconds=lease_seconds)
-    expires_us = to_us(expires)
+    lease = _Lease.starting(owner, lease_id, clock(), lease_seconds)
     query = sql.select_claimable(len(names), one=saga_id is not None)
     head: tuple[Any, ...] = (saga_id, *names) if saga_id is not None else names
     claimed: list[SagaRecord] = []
     seen: set[str] = set()  # skipped and claimed ids (a zero lease could match again)
     while len(claimed) < limit:
         want = limit - len(claimed) + len(seen)
-        rows = conn.execute(query, (*head, now_us, owner, lease_id, want)).fetchall()
+        rows = conn.execute(query, (*head, lease.now_us, owner, lease_id, want)).fetchall()
         for row in rows:
             key = row[0]
             if key in seen:
@@ -367,32 +423,14 @@ def claim(
             try:
                 record = to_record(row)
             except CorruptRecordError as exc:
-                logger.error("cannot claim saga %s: %s", key, exc)  # noqa: TRY400 - no traceback needed
-                continue
-            if record.lease_owner is not None:
-                record.recovery_attempts += 1
-            record.previous_owner = record.lease_owner
-            record.lease_owner = owner
-            record.lease_id = lease_id
-            record.lease_expires_at = expires
-            record.updated_at = now
-            version = record.version
-            record.version = version + 1
-            taken = conn.execute(
-                sql.take_lease,
-                (
-                    owner,
-                    lease_id,
-                    expires_us,
-                    record.previous_owner,
-                    record.recovery_attempts,
-                    now_us,
-                    version + 1,
+                logger.error(  # noqa: TRY400 - no traceback needed
+                    "cannot claim saga %s: %s",
                     key,
-                    version,
-                ),
-            )
-            if taken.rowcount == 1:
+                    exc,
+                    extra=log_fields(saga_id=key, saga_name=row[1], worker_id=owner),
+                )
+                continue
+            if _take(conn, sql, record, lease):
                 claimed.append(record)
             if len(claimed) >= limit:
                 break

@@ -13,6 +13,7 @@ import sqlite3
 import time
 from typing import Final
 
+from lexigram.events.sagas._logging import log_fields
 from lexigram.events.sagas._sqlite.ops import SCHEMA_VERSION, Statements
 from lexigram.events.sagas.errors import SagaStoreError, SchemaVersionError
 
@@ -60,6 +61,7 @@ def _set_journal_mode(
             path,
             journal_mode,
             mode,
+            extra=log_fields(),
         )
 
 
@@ -112,4 +114,10 @@ def _create_schema(conn: sqlite3.Connection, sql: Statements, path: str) -> None
     conn.execute(
         f"INSERT INTO {sql.meta} (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
     )
-    logger.info("created saga table %s (schema version %d) in %s", sql.table, SCHEMA_VERSION, path)
+    logger.info(
+        "created saga table %s (schema version %d) in %s",
+        sql.table,
+        SCHEMA_VERSION,
+        path,
+        extra=log_fields(),
+    )

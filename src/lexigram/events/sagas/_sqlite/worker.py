@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Final
 
+from lexigram.events.sagas._logging import log_fields
 from lexigram.events.sagas._sqlite.ops import SINGLE_STATEMENT
 from lexigram.events.sagas.errors import SagaError, SagaStoreError, SagaStoreUnavailableError
 
@@ -94,6 +95,17 @@ def _resolve(outcomes: list[_Outcome]) -> None:
             future.set_result(value)
         else:
             future.set_exception(error)
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    """End a failed write transaction, if SQLite has not already rolled it back."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            logger.warning(
+                "rolling back a failed SQLite write transaction failed", extra=log_fields()
+            )
 
 
 class SQLiteWorker:
@@ -179,7 +191,7 @@ class SQLiteWorker:
                 try:
                     self._run_batch(reads, writes)
                 except Exception as exc:  # a bug here must not leave callers waiting forever
-                    logger.exception("SQLite saga store worker failed a batch")
+                    logger.exception("SQLite saga store worker failed a batch", extra=log_fields())
                     self._post(
                         [(item[3], map_error(exc, "running"), None) for item in reads + writes]
                     )
@@ -191,7 +203,7 @@ class SQLiteWorker:
             try:
                 conn = self._conn = self._connect()
             except Exception as exc:
-                logger.warning("cannot open the SQLite saga store: %s", exc)
+                logger.warning("cannot open the SQLite saga store: %s", exc, extra=log_fields())
                 self._post([(item[3], map_error(exc, "opening"), None) for item in reads + writes])
                 return
         if reads:
@@ -247,16 +259,17 @@ class SQLiteWorker:
             # The transaction is lost, or its commit failed and may or may not have landed:
             # every write still pending is in doubt, reported as the store being unavailable
             # (the engine retries, and after a doubtful write checks whether it landed).
-            if conn.in_transaction:
-                try:
-                    execute("ROLLBACK")
-                except sqlite3.Error:
-                    logger.warning("rolling back a failed SQLite write transaction failed")
+            _roll_back(conn)
             error = map_error(exc, "writing")
             if not isinstance(error, SagaStoreUnavailableError):
                 error = SagaStoreUnavailableError(f"SQLite write transaction failed: {exc}")
                 error.__cause__ = exc
-            logger.warning("SQLite write transaction of %d operations failed: %s", len(writes), exc)
+            logger.warning(
+                "SQLite write transaction of %d operations failed: %s",
+                len(writes),
+                exc,
+                extra=log_fields(),
+            )
             doubtful = [future for future, _ in done] + [item[3] for item in writes[position:]]
             return failed + [(future, error, None) for future in doubtful]
         self.commits += 1
@@ -279,7 +292,10 @@ class SQLiteWorker:
             try:
                 loop.call_soon_threadsafe(_resolve, items)
             except RuntimeError:  # the loop was closed while the operation ran
-                logger.debug("event loop closed before a SQLite result could be delivered")
+                logger.debug(
+                    "event loop closed before a SQLite result could be delivered",
+                    extra=log_fields(),
+                )
 
     def _refuse(self, item: _Item | _Stop) -> None:
         if not isinstance(item, _Stop):
@@ -296,6 +312,8 @@ class SQLiteWorker:
             try:
                 conn.close()
             except sqlite3.Error:
-                logger.warning("closing the SQLite saga store failed", exc_info=True)
+                logger.warning(
+                    "closing the SQLite saga store failed", exc_info=True, extra=log_fields()
+                )
         if stop.future is not None:
             self._post([(stop.future, None, None)])
