@@ -119,8 +119,8 @@ class OrderFulfillmentSaga(SagaBase):
 def describe(record: SagaRecord) -> str:
     """Render a saga's outcome and each step's status."""
     lines = [f"saga {record.saga_id[:8]} ({record.data['order_id']}): {record.status}"]
-    if record.error:
-        lines.append(f"  why: {record.error}")
+    if record.failure is not None:  # why it did not complete, as data
+        lines.append(f"  why: {record.failure.kind} at {record.failure.step}: {record.error}")
     lines.extend(f"  {name:<18} {step.status}" for name, step in record.steps.items())
     return "\n".join(lines)
 
