@@ -10,11 +10,11 @@ import builtins
 import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
 
-from lexigram.events.sagas._leases import is_claimable
+from lexigram.events.sagas._leases import LeasePolicy, is_claimable
 from lexigram.events.sagas._logging import log_fields
 from lexigram.events.sagas.codec import EPOCH, loads_json, rejected, storable_json
 from lexigram.events.sagas.errors import ConcurrencyConflictError, CorruptRecordError
@@ -303,7 +303,7 @@ class InMemorySagaStore:
             record.previous_owner = record.lease_owner
             record.lease_owner = owner
             record.lease_id = lease_id
-            record.lease_expires_at = now + timedelta(seconds=lease_seconds)
+            record.lease_expires_at = LeasePolicy(lease_seconds).expiry(now)
             record.updated_at = now
             record.version += 1
             self._rows[key].fields = builtins.list(_plain_fields(record))
@@ -315,7 +315,7 @@ class InMemorySagaStore:
         self, owner: str, lease_id: str, saga_ids: Sequence[str], *, lease_seconds: float
     ) -> builtins.list[str]:
         """Extend the leases this worker still holds; return the ids it still holds."""
-        expires = self._clock() + timedelta(seconds=lease_seconds)
+        expires = LeasePolicy(lease_seconds).expiry(self._clock())
         held: builtins.list[str] = []
         for saga_id in saga_ids:
             row = self._rows.get(saga_id)

@@ -27,9 +27,10 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final
 
+from lexigram.events.sagas._leases import LeasePolicy
 from lexigram.events.sagas._logging import log_fields
 from lexigram.events.sagas.codec import decode_record, encode_record, format_time, parse_time
 from lexigram.events.sagas.errors import ConcurrencyConflictError, CorruptRecordError
@@ -359,7 +360,7 @@ class _Lease:
     @classmethod
     def starting(cls, owner: str, lease_id: str, now: datetime, seconds: float) -> _Lease:
         """The lease of ``seconds`` from ``now``, its times also in column microseconds."""
-        expires = now + timedelta(seconds=seconds)
+        expires = LeasePolicy(seconds).expiry(now)
         return cls(owner, lease_id, now, expires, to_us(now), to_us(expires))
 
 
@@ -449,7 +450,7 @@ def renew(
     lease_seconds: float,
 ) -> list[str]:
     """Extend this worker's leases; return the ids it still holds."""
-    expires = to_us(clock() + timedelta(seconds=lease_seconds))
+    expires = to_us(LeasePolicy(lease_seconds).expiry(clock()))
     statement = sql.renew
     return [
         saga_id
