@@ -20,6 +20,7 @@ import pytest
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import Err, SagaContext, SagaStepResult
 from lexigram.events.sagas.errors import NonRetryableError
+from lexigram.events.sagas.manager import SagaManager
 from lexigram.events.sagas.store import InMemorySagaStore
 from lexigram.events.sagas.types import SagaStatus, SagaStepStatus
 from tests.support.helpers import (
@@ -31,6 +32,7 @@ from tests.support.helpers import (
     manager_for,
     raise_each,
     returning,
+    saga_class,
     stored,
 )
 
@@ -394,3 +396,52 @@ def test_a_crashed_run_leaves_no_unretrieved_task_exception(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "completed"
     assert "never retrieved" not in result.stderr
+
+
+# --------------------------------------------------------------------------- the saga instance
+
+
+class BoomError(Exception):
+    pass
+
+
+def broken_factory() -> Any:
+    raise BoomError("no services")
+
+
+async def test_factory_failure_fails_the_saga_and_wakes_the_waiter() -> None:
+    """A factory that raises fails the saga (not a hang): ``execute()`` gets its record."""
+    inner = InMemorySagaStore()
+    script = Script()
+    broken = SagaManager(inner, config=FAST)
+    broken.register(saga_class(script), factory=broken_factory)
+    record = await asyncio.wait_for(broken.execute("scripted"), WAIT)
+    assert record.status is P.COMPENSATED
+    assert record.failure is not None
+    assert record.failure.kind == "step_error"
+    assert "factory raised BoomError: no services" in (record.error or "")
+    assert script.calls == []
+    assert (await stored(inner, record.saga_id)).status is P.COMPENSATED
+    await broken.close()
+
+
+async def test_factory_failure_on_resume_cannot_compensate_so_the_saga_fails() -> None:
+    """Resumed with steps done but no instance, compensations cannot run: ``FAILED``."""
+    inner = InMemorySagaStore()
+    script = Script()
+    first = manager_for(script, store=inner, config=SagaConfig(shutdown_timeout=0))
+    entered, release = asyncio.Event(), asyncio.Event()
+    script.behaviours["b"] = blocking(entered, release)
+    saga_id = await first.start("scripted")
+    await entered.wait()
+    await first.close()  # stops it without compensating: "a" is done, "b" in flight
+    broken = SagaManager(inner, config=FAST)
+    broken.register(saga_class(script), factory=broken_factory)
+    assert await broken.recover() == 1
+    record = await broken.wait(saga_id, timeout=WAIT)
+    assert record.status is P.FAILED
+    assert record.failure is not None
+    assert record.failure.kind == "compensation_failed"
+    assert record.steps["a"].status is T.FAILED
+    assert "could not be built" in (record.steps["a"].compensation_error or "")
+    await broken.close()

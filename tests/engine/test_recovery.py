@@ -501,3 +501,39 @@ async def test_recover_never_adopts_a_saga_its_worker_is_starting() -> None:
     assert (await manager.wait(saga_id, timeout=WAIT)).status is P.COMPLETED
     assert script.count("a") == 1
     await manager.close()
+
+
+class SlowListing(InMemorySagaStore):
+    """Takes its listing of running sagas at once but hands it over only once ``go`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listing = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def list(self, **filters: Any) -> list[SagaRecord]:
+        snapshot = await super().list(**filters)
+        if filters.get("status") is SagaStatus.RUNNING:
+            self.listing.set()
+            await self.go.wait()
+        return snapshot
+
+
+async def test_a_stale_listing_never_resumes_a_saga_that_just_finished() -> None:
+    """A saga seen running under this worker's lease, finished since: not run again."""
+    store = SlowListing()
+    script = Script()
+    entered, release = asyncio.Event(), asyncio.Event()
+    script.behaviours["c"] = blocking(entered, release)
+    manager = manager_for(script, store=store, config=FAST)
+    saga_id = await manager.start("scripted")
+    await entered.wait()
+    recovering = asyncio.create_task(manager.recover())
+    await store.listing.wait()  # the listing saw the saga running under this worker
+    release.set()
+    await manager.wait(saga_id, timeout=WAIT)  # it finished and left this worker
+    store.go.set()
+    assert await recovering == 0
+    await settle(manager)
+    assert script.actions() == ["a", "b", "c"]
+    await manager.close()

@@ -27,12 +27,9 @@ from tests.support.helpers import (
     Script,
     Tuning,
     await_crash,
-    blocking,
     manager_for,
     raise_each,
     returning,
-    saga_class,
-    stored,
 )
 
 FAST = SagaConfig(retry_delay_seconds=0)
@@ -305,52 +302,6 @@ async def test_retried_start_after_ambiguous_commit_runs_the_saga_once() -> None
     assert len(await inner.list()) == 1
     assert script.calls == ["a:1", "b:1", "c:1"]
     await manager.close()
-
-
-class BoomError(Exception):
-    pass
-
-
-def broken_factory() -> Any:
-    raise BoomError("no services")
-
-
-async def test_factory_failure_fails_the_saga_and_wakes_the_waiter() -> None:
-    """A factory that raises fails the saga (not a hang): ``execute()`` gets its record."""
-    inner = InMemorySagaStore()
-    script = Script()
-    broken = SagaManager(inner, config=FAST)
-    broken.register(saga_class(script), factory=broken_factory)
-    record = await asyncio.wait_for(broken.execute("scripted"), WAIT)
-    assert record.status is P.COMPENSATED
-    assert record.failure is not None
-    assert record.failure.kind == "step_error"
-    assert "factory raised BoomError: no services" in (record.error or "")
-    assert script.calls == []
-    assert (await stored(inner, record.saga_id)).status is P.COMPENSATED
-    await broken.close()
-
-
-async def test_factory_failure_on_resume_cannot_compensate_so_the_saga_fails() -> None:
-    """Resumed with steps done but no instance, compensations cannot run: ``FAILED``."""
-    inner = InMemorySagaStore()
-    script = Script()
-    first = manager_for(script, store=inner, config=FAST)
-    entered, release = asyncio.Event(), asyncio.Event()
-    script.behaviours["b"] = blocking(entered, release)
-    saga_id = await first.start("scripted")
-    await entered.wait()
-    await first.close()  # stops it without compensating: "a" is done, "b" in flight
-    broken = SagaManager(inner, config=FAST)
-    broken.register(saga_class(script), factory=broken_factory)
-    assert await broken.recover() == 1
-    record = await broken.wait(saga_id, timeout=WAIT)
-    assert record.status is P.FAILED
-    assert record.failure is not None
-    assert record.failure.kind == "compensation_failed"
-    assert record.steps["a"].status is T.FAILED
-    assert "could not be built" in (record.steps["a"].compensation_error or "")
-    await broken.close()
 
 
 async def test_failed_attempts_survive_a_crash() -> None:

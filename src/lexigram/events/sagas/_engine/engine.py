@@ -212,9 +212,11 @@ class Engine(Compensation):
             logger.exception("saga %s could not continue", record.saga_id, extra=run.log_extra())
             release = True
         finally:
-            del self.runs[record.saga_id]
+            # Released before it leaves ``runs``: a saga this worker holds is always either
+            # running here or free (recovery relies on it to spot stranded sagas).
             if release and not run.finished:
                 await self._release(run)
+            del self.runs[record.saga_id]
             run.finish(None)
             if record.deadline_at is not None:
                 self._deadlines.finished()

@@ -65,6 +65,9 @@ class Recovery:
         self._flows = flows
         self._starting = starting  # ids a start() of this worker is storing right now
         self._taking: set[str] = set()  # ids take_over() is claiming right now
+        # Set when a claim failed in a way that may have landed (its reply was lost):
+        # only then can a saga be stranded under this worker's own lease.
+        self._uncertain = False
 
     def _stranded(self, record: SagaRecord) -> bool:
         """Whether ``record`` is held under this worker's own lease but runs nowhere.
@@ -122,10 +125,15 @@ class Recovery:
                 limit=1,
                 saga_id=record.saga_id,
             )
+        except SagaStoreUnavailableError:
+            self._uncertain = True
+            raise
         finally:
             self._taking.discard(record.saga_id)
-        if not claimed and self._stranded(record):
-            claimed = [record]  # an earlier claim of ours landed but its reply was lost
+        if not claimed and self._uncertain:
+            fresh = await engine.store.load(record.saga_id)
+            if fresh is not None and self._stranded(fresh):
+                claimed = [fresh]  # an earlier claim of ours landed but its reply was lost
         if not claimed:
             raise SagaLeaseError(
                 f"saga '{record.saga_id}' is held by worker '{record.lease_owner}'",
@@ -169,7 +177,7 @@ class Recovery:
             await engine.store.release(record.saga_id, engine.worker_id, engine.lease_id)
         unknown, stranded = await self._survey()
         problems += unknown
-        for record in stranded:
+        for record in await self._still_stranded(stranded):
             try:
                 flow = self.resumable(record)
             except SagaError as error:
@@ -193,6 +201,22 @@ class Recovery:
             )
         return resumed, problems
 
+    async def _still_stranded(self, candidates: list[SagaRecord]) -> list[SagaRecord]:
+        """Of the sagas a listing showed under this worker's lease, those really stranded.
+
+        Only after a claim whose reply was lost; each is read again, since a listing may be
+        older than a run that finished (and cleared its lease) meanwhile.
+        """
+        if not candidates or not self._uncertain:
+            return []
+        self._uncertain = False
+        stranded = []
+        for candidate in candidates:
+            fresh = await self._engine.store.load(candidate.saga_id)
+            if fresh is not None and self._stranded(fresh):
+                stranded.append(fresh)
+        return stranded
+
     async def _claim_batch(self, names: list[str]) -> list[SagaRecord]:
         """Claim a batch, retrying while the store is unreachable (a few times)."""
         engine = self._engine
@@ -206,6 +230,7 @@ class Recovery:
                     limit=CLAIM_BATCH,
                 )
             except SagaStoreUnavailableError:
+                self._uncertain = True  # the claim may have landed
                 if attempt == _CLAIM_TRIES:
                     raise
                 delay = CLAIM_RETRY.delay(attempt, engine.rand)
