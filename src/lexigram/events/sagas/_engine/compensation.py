@@ -6,8 +6,9 @@ the engine's writer, clock and events), kept apart because it changes for its ow
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from random import random as _random
 from typing import Any
@@ -54,13 +55,17 @@ class Compensation:
     config: SagaConfig
     clock: Callable[[], datetime]
     rand: Callable[[], float] = _random
+    sleep: Callable[[float], Awaitable[Any]]
     events: Announcer
     _writer: RecordWriter
 
     async def _pause(
-        self, run: SagaRun, seconds: float, task: Any, *, forward: bool
-    ) -> None:  # pragma: no cover - provided by Engine
-        raise NotImplementedError
+        self, run: SagaRun, seconds: float, task: asyncio.Task[Any], *, forward: bool
+    ) -> None:
+        """Wait before a retry, interruptible like user code (through the given sleep)."""
+        if seconds > 0:
+            await run.call_user(self.sleep(seconds), task, forward=forward)
+        run.checkpoint(forward=forward)
 
     async def _announce(self, run: SagaRun) -> None:
         """Publish the terminal event and wake the waiters (the record is durable now)."""

@@ -372,13 +372,6 @@ class Engine(Compensation):
             f"{describe_rejections(refused)}"
         )
 
-    async def _pause(
-        self, run: SagaRun, seconds: float, task: asyncio.Task[Any], *, forward: bool
-    ) -> None:
-        if seconds > 0:
-            await run.call_user(self.sleep(seconds), task, forward=forward)
-        run.checkpoint(forward=forward)
-
     async def _run_group(
         self, run: SagaRun, node: FlowStep, ctx: SagaContext, task: asyncio.Task[Any]
     ) -> SagaFailure | None:
