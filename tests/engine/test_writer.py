@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from lexigram.events.sagas.config import SagaConfig
-from lexigram.events.sagas.context import SagaContext, SagaStepResult
+from lexigram.events.sagas.context import Err, SagaContext, SagaStepResult
 from lexigram.events.sagas.errors import SagaStoreUnavailableError
 from lexigram.events.sagas.manager import SagaManager
 from lexigram.events.sagas.sqlite import SQLiteSagaStore
@@ -27,6 +27,7 @@ from tests.support.helpers import (
     Script,
     Tuning,
     await_crash,
+    blocking,
     manager_for,
     raise_each,
     returning,
@@ -352,3 +353,44 @@ async def test_logs_never_contain_context_payloads(caplog: pytest.LogCaptureFixt
     assert caplog.records  # something was logged
     assert secret not in caplog.text
     assert all(secret not in (r.getMessage() + str(r.args)) for r in caplog.records)
+
+
+# --------------------------------------------------------------------------- text the engine writes
+
+
+@pytest.mark.parametrize("how", ["fail", "raise", "err"])
+async def test_a_lone_surrogate_in_an_error_text_never_strands_the_saga(
+    store: SagaStore, how: str
+) -> None:
+    """Error text a store cannot encode is escaped: the saga ends, in the store too."""
+
+    async def broken(ctx: SagaContext) -> object:
+        if how == "fail":
+            return SagaStepResult.fail("declined \ud800")
+        if how == "err":
+            return Err("declined \ud800")
+        raise ValueError("declined \ud800")
+
+    waited, durable, _ = await run_with(store, {"b": broken})
+    assert durable.status is waited.status is P.COMPENSATED
+    assert "declined \\ud800" in (durable.steps["b"].error or "")
+    assert durable.failure is not None
+    assert "\\ud800" in durable.failure.message
+
+
+async def test_a_lone_surrogate_in_a_cancel_reason_never_strands_the_saga(
+    store: SagaStore,
+) -> None:
+    """``cancel(reason=...)`` with text UTF-8 cannot encode still ends the saga."""
+    script = Script()
+    entered, release = asyncio.Event(), asyncio.Event()
+    script.behaviours["b"] = blocking(entered, release)
+    manager = manager_for(script, store=store, config=FAST)
+    saga_id = await manager.start("scripted")
+    await entered.wait()
+    record = await asyncio.wait_for(manager.cancel(saga_id, reason="user said \udcff"), WAIT)
+    await manager.close()
+    durable = await store.load(saga_id)
+    assert durable is not None
+    assert durable.status is record.status is P.COMPENSATED
+    assert "user said \\udcff" in (durable.error or "")

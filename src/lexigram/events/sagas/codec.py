@@ -263,7 +263,8 @@ def find_rejections(record: SagaRecord) -> tuple[Rejection, ...]:
         texts = [step.error, step.compensation_error, *step.attempt_errors]
         if not all(text is None or (type(text) is str and _storable(text)) for text in texts):
             found.append(Rejection("error", name))
-    if record.error is not None and not (type(record.error) is str and _storable(record.error)):
+    texts = [record.error, None if record.failure is None else record.failure.message]
+    if not all(text is None or (type(text) is str and _storable(text)) for text in texts):
         found.append(Rejection("error", ""))
     return tuple(found)
 

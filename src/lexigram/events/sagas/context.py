@@ -106,12 +106,12 @@ class SagaStepResult:
 
     def __post_init__(self) -> None:
         error: object = self.error
-        if error is None or type(error) is str:
+        if error is None or (type(error) is str and error.isascii()):
             return
         if isinstance(error, BaseException):
             self.error = describe_error(error)
         elif isinstance(error, str):
-            self.error = str.__str__(error)  # a str subclass: keep the text only
+            self.error = storable_text(str.__str__(error))  # a str subclass: the text only
         else:
             raise TypeError(
                 "SagaStepResult error must be a str or an exception, got "
@@ -134,6 +134,17 @@ class SagaStepResult:
 
 
 def describe_error(exc: BaseException) -> str:
-    """Render an exception as ``Type: message`` for a step record."""
-    text = str(exc)
+    """Render an exception as ``Type: message`` for a step record (always storable text)."""
+    text = storable_text(str(exc))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def storable_text(text: str) -> str:
+    """Return ``text`` with anything UTF-8 cannot encode (lone surrogates) escaped.
+
+    Error texts, reasons and names the engine records must never make a write fail: a
+    lone surrogate becomes a backslash escape. Other text, ASCII or not, is unchanged.
+    """
+    if text.isascii():  # O(1) in CPython: the common case pays nothing
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -51,7 +51,7 @@ from lexigram.events.sagas._engine.writer import RecordWriter, describe_rejectio
 from lexigram.events.sagas._leases import LeasePolicy
 from lexigram.events.sagas._logging import log_fields
 from lexigram.events.sagas.config import SagaConfig
-from lexigram.events.sagas.context import SagaContext
+from lexigram.events.sagas.context import SagaContext, storable_text
 from lexigram.events.sagas.errors import SagaError
 from lexigram.events.sagas.store import SagaStore
 from lexigram.events.sagas.types import (
@@ -259,7 +259,8 @@ class Engine(Compensation):
                 f"saga timed out: its deadline of {self.config.default_timeout_seconds:g}s passed"
             )
             return SagaFailure("deadline", step, message)
-        return SagaFailure("cancelled", step, f"saga cancelled: {run.stop_message or 'cancelled'}")
+        reason = storable_text(run.stop_message or "cancelled")
+        return SagaFailure("cancelled", step, f"saga cancelled: {reason}")
 
     async def _forward(self, run: SagaRun) -> SagaFailure | None:
         """Run steps from ``current_step``; return ``None`` when completed, else why not."""

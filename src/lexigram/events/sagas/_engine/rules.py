@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 from lexigram.events._result import Err, Ok
 from lexigram.events.sagas.codec import dumps_json
-from lexigram.events.sagas.context import SagaStepResult, describe_error
+from lexigram.events.sagas.context import SagaStepResult, describe_error, storable_text
 from lexigram.events.sagas.types import FailureKind
 
 __all__ = ["AttemptOutcome", "describe_error", "idempotency_key", "interpret_result"]
@@ -60,7 +60,7 @@ def interpret_result(raw: object, step_name: str) -> AttemptOutcome:
                 return AttemptOutcome(True, output, "", False, None)
             return _wrong_type(step_name, "SagaStepResult.output", output)
         error: object = raw.error
-        text = error if isinstance(error, str) else "step reported failure"
+        text = storable_text(error) if isinstance(error, str) else "step reported failure"
         return AttemptOutcome(False, {}, text, raw.retryable, "step_failed")
     if isinstance(raw, dict):
         return AttemptOutcome(True, raw, "", False, None)
@@ -73,7 +73,11 @@ def interpret_result(raw: object, step_name: str) -> AttemptOutcome:
         )
     if isinstance(raw, Err):
         reason = raw.error
-        text = describe_error(reason) if isinstance(reason, BaseException) else str(reason)
+        text = (
+            describe_error(reason)
+            if isinstance(reason, BaseException)
+            else storable_text(str(reason))
+        )
         return AttemptOutcome(False, {}, text, False, "step_failed")
     return _wrong_type(step_name, "result", raw)
 
@@ -97,5 +101,6 @@ def idempotency_key(saga_id: str, step_name: str, visit: int, *, compensation: b
     role = "compensate" if compensation else "step"
     if visit > 1:
         role = f"{role}{visit}"
-    digest = hashlib.sha256(dumps_json([saga_id, step_name, role]).encode()).hexdigest()
+    parts = dumps_json([saga_id, step_name, role]).encode("utf-8", "backslashreplace")
+    digest = hashlib.sha256(parts).hexdigest()
     return f"{saga_id}:{step_name}:{role}:{digest[:20]}"

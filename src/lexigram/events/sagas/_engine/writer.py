@@ -24,6 +24,7 @@ from lexigram.events.sagas._engine.rules import describe_error
 from lexigram.events.sagas._engine.run import Interrupted, SagaRun, StopReason
 from lexigram.events.sagas._leases import LeasePolicy
 from lexigram.events.sagas.config import SagaConfig
+from lexigram.events.sagas.context import storable_text
 from lexigram.events.sagas.errors import (
     ConcurrencyConflictError,
     Rejection,
@@ -32,7 +33,7 @@ from lexigram.events.sagas.errors import (
 )
 from lexigram.events.sagas.events import SagaEvent
 from lexigram.events.sagas.store import SagaStore
-from lexigram.events.sagas.types import SagaRecord, SagaStatus, move_saga
+from lexigram.events.sagas.types import SagaFailure, SagaRecord, SagaStatus, move_saga
 
 __all__ = ["RecordWriter", "describe_rejections"]
 
@@ -43,7 +44,7 @@ _NONE: tuple[Rejection, ...] = ()
 
 def describe_rejections(rejections: tuple[Rejection, ...]) -> str:
     """``"data key 'x', output of step 'y'"``: what a store refused, for error messages."""
-    return ", ".join(str(item) for item in rejections)
+    return storable_text(", ".join(str(item) for item in rejections))
 
 
 class RecordWriter:
@@ -255,6 +256,9 @@ def _clean_texts(record: SagaRecord, step_name: str) -> None:
     if not step_name:
         if record.error is not None:
             record.error = _valid_text(record.error)
+        failure = record.failure
+        if failure is not None:
+            record.failure = SagaFailure(failure.kind, failure.step, _valid_text(failure.message))
         return
     step = record.steps.get(step_name)
     if step is None:
@@ -267,4 +271,4 @@ def _clean_texts(record: SagaRecord, step_name: str) -> None:
 
 
 def _valid_text(text: object) -> str:
-    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    return storable_text(str(text))
