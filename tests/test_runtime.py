@@ -131,3 +131,12 @@ async def test_list_limit_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="limit"):
         await manager.list(limit=-1)
     await manager.close()
+
+
+@pytest.mark.parametrize("limit", [2**63, 10**30])
+async def test_a_list_limit_no_store_can_use_is_refused(limit: int) -> None:
+    """A limit beyond ``MAX_LIST_LIMIT`` is a ``ValueError``, not a raw ``OverflowError``."""
+    manager = SagaManager()
+    with pytest.raises(ValueError, match="limit"):
+        await manager.list(limit=limit)
+    await manager.close()

@@ -20,6 +20,7 @@ from lexigram.events.sagas.base import SagaBase, compile_saga
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import SagaContext
 from lexigram.events.sagas.errors import SagaDefinitionError
+from lexigram.events.sagas.manager import SagaManager
 from lexigram.events.sagas.types import SagaStatus
 from tests.support.helpers import Script, saga_class, seed_record
 
@@ -236,3 +237,20 @@ def test_pending_record_without_steps_is_resumable() -> None:
     """A saga that never ran a step resumes under any definition with its entry."""
     record = seed_record("s", "lin", current="a", status=SagaStatus.PENDING)
     assert check_resumable(linear_flow("a", "b"), record) is None
+
+
+@pytest.mark.parametrize("name", ["pay\ud800", "pay\nment", ""])
+def test_step_names_must_be_printable(name: str) -> None:
+    """A step name that could not be stored or printed is a ``SagaDefinitionError``."""
+    manager = SagaManager()
+    with pytest.raises(SagaDefinitionError, match="step name"):
+        manager.register(saga_class(Script(), steps=(name,)))
+
+
+def test_saga_names_must_be_printable() -> None:
+    """A saga name with a lone surrogate is refused at registration."""
+    cls = saga_class(Script(), name="orders")
+    cls.name = "orders\udcff"
+    manager = SagaManager()
+    with pytest.raises(SagaDefinitionError, match="saga name"):
+        manager.register(cls)

@@ -17,6 +17,7 @@ from typing import Any
 from lexigram.events.sagas._leases import LeasePolicy, is_claimable
 from lexigram.events.sagas._logging import log_fields
 from lexigram.events.sagas.codec import EPOCH, loads_json, rejected, storable_json
+from lexigram.events.sagas.config import check_list_limit
 from lexigram.events.sagas.errors import ConcurrencyConflictError, CorruptRecordError
 from lexigram.events.sagas.types import (
     TERMINAL_SAGA_STATUSES,
@@ -26,23 +27,9 @@ from lexigram.events.sagas.types import (
     SagaStepRecord,
 )
 
-__all__ = ["InMemorySagaStore", "check_list_limit"]
+__all__ = ["InMemorySagaStore"]
 
 logger = logging.getLogger(__name__)
-
-
-def check_list_limit(limit: object) -> int:
-    """Validate ``list(limit=...)`` for every built-in store; return it.
-
-    Raises:
-        TypeError: ``limit`` is not an ``int`` (``bool`` is not a count either).
-        ValueError: ``limit`` is negative.
-    """
-    if not isinstance(limit, int) or isinstance(limit, bool):
-        raise TypeError(f"limit must be an int, got {type(limit).__name__}")
-    if limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
-    return limit
 
 
 # A stored saga is kept as tuples of its immutable fields (ids, statuses, times, counters),

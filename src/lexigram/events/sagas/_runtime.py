@@ -27,7 +27,7 @@ from lexigram.events.sagas._engine.recovery import Recovery, RecoveryProblem
 from lexigram.events.sagas._logging import log_fields
 from lexigram.events.sagas._subscriptions import Subscriptions
 from lexigram.events.sagas.codec import MAX_SAGA_ID_LENGTH, check_data, check_saga_id
-from lexigram.events.sagas.config import SagaConfig, check_count
+from lexigram.events.sagas.config import SagaConfig, check_list_limit
 from lexigram.events.sagas.errors import (
     ConcurrencyConflictError,
     SagaDataError,
@@ -331,7 +331,7 @@ class SagaRuntime:
             TypeError: ``limit`` is not an int.
             ValueError: ``limit`` is negative, or ``status`` is not a saga status.
         """
-        check_count("limit", limit, owner="list()")
+        check_list_limit(limit)
         if status is not None:
             status = SagaStatus(status)
         return await self._store.list(saga_name=saga_name, status=status, limit=limit)

@@ -11,11 +11,14 @@ from dataclasses import dataclass, fields
 
 from lexigram.events.sagas.errors import NonRetryableError
 
-__all__ = ["DEFAULT_NON_RETRYABLE", "MAX_SECONDS", "SagaConfig"]
+__all__ = ["DEFAULT_NON_RETRYABLE", "MAX_LIST_LIMIT", "MAX_SECONDS", "SagaConfig"]
 
 MAX_SECONDS = 100 * 365.25 * 24 * 3600.0
 """The longest duration any setting accepts: 100 years, in seconds. Longer values would
 overflow dates and timers later; they are refused when the setting is made."""
+
+MAX_LIST_LIMIT = 2**31 - 1
+"""The largest ``list(limit=...)`` any store accepts (page through more)."""
 
 DEFAULT_NON_RETRYABLE: tuple[type[BaseException], ...] = (
     NonRetryableError,
@@ -145,3 +148,17 @@ def check_count(name: str, value: object, *, minimum: int = 0, owner: str = "Sag
         raise TypeError(f"{owner}.{name} must be an int, got {value!r}")
     if value < minimum:
         raise ValueError(f"{owner}.{name} must be >= {minimum}, got {value!r}")
+
+
+def check_list_limit(limit: object) -> int:
+    """Validate ``list(limit=...)`` for every store and the manager; return it.
+
+    Raises:
+        TypeError: ``limit`` is not an ``int`` (``bool`` is not a count either).
+        ValueError: ``limit`` is negative or above :data:`MAX_LIST_LIMIT`.
+    """
+    if not isinstance(limit, int) or isinstance(limit, bool):
+        raise TypeError(f"limit must be an int, got {type(limit).__name__}")
+    if not 0 <= limit <= MAX_LIST_LIMIT:
+        raise ValueError(f"limit must be between 0 and {MAX_LIST_LIMIT}, got {limit}")
+    return limit

@@ -115,6 +115,9 @@ def resolve_policy(
 
 def validate_flow(flow: Flow) -> None:
     """Raise ``SagaDefinitionError`` naming the step when ``flow`` cannot run."""
+    _check_name("saga name", flow.name, flow.name)
+    for name in flow.steps:
+        _check_name("step name", name, flow.name)
     if not flow.steps:
         raise SagaDefinitionError(f"saga '{flow.name}' has no steps", saga_name=flow.name)
     if flow.entry not in flow.steps:
@@ -126,6 +129,15 @@ def validate_flow(flow: Flow) -> None:
     top_level = {name for name, step in flow.steps.items() if step.parent is None}
     for step in flow.steps.values():
         _validate_step(flow.name, step, top_level)
+
+
+def _check_name(what: str, name: object, saga: str) -> None:
+    """Names are stored and put in idempotency keys: printable text, nothing else."""
+    if not isinstance(name, str) or not name or not name.isprintable():
+        raise SagaDefinitionError(
+            f"{what} {name!r} must be a non-empty string of printable characters",
+            saga_name=saga if isinstance(saga, str) else None,
+        )
 
 
 def _validate_step(saga: str, step: FlowStep, top_level: set[str]) -> None:

@@ -42,11 +42,11 @@ from typing import Any, Self
 import asyncpg
 
 from lexigram.events.sagas._logging import log_fields
-from lexigram.events.sagas._memory import check_list_limit
 from lexigram.events.sagas._postgres.dsn import connect_arguments, is_url
 from lexigram.events.sagas._postgres.rows import record_from_row, save_arguments
 from lexigram.events.sagas._postgres.runner import StatementRunner, pool_arguments
 from lexigram.events.sagas._postgres.sql import Statements, validate_identifier
+from lexigram.events.sagas.config import check_list_limit
 from lexigram.events.sagas.errors import (
     ConcurrencyConflictError,
     CorruptRecordError,

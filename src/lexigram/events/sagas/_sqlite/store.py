@@ -32,11 +32,11 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Self
 
-from lexigram.events.sagas._memory import check_list_limit
 from lexigram.events.sagas._sqlite import ops
 from lexigram.events.sagas._sqlite.ops import Statements, save_params, to_us
 from lexigram.events.sagas._sqlite.schema import connect
 from lexigram.events.sagas._sqlite.worker import Operation, SQLiteWorker
+from lexigram.events.sagas.config import check_list_limit
 from lexigram.events.sagas.errors import SagaStoreError, SchemaVersionError
 from lexigram.events.sagas.types import SagaRecord, SagaStatus
 
