@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from lexigram.events import InMemoryEventBus
 from lexigram.events.sagas._engine.rules import idempotency_key
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import Ok, SagaContext, SagaStepResult
 from lexigram.events.sagas.errors import SagaDefinitionError, SagaNotFoundError
+from lexigram.events.sagas.events import SagaStepFailed
 from lexigram.events.sagas.orchestrator import (
     ConditionalTransition,
     OrchestratedStep,
@@ -23,6 +26,7 @@ from lexigram.events.sagas.orchestrator import (
     SagaOrchestrator,
     transition,
 )
+from lexigram.events.sagas.sqlite import SQLiteSagaStore
 from lexigram.events.sagas.store import InMemorySagaStore
 from lexigram.events.sagas.testing import FaultyStore, SimulatedCrash
 from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepStatus
@@ -871,3 +875,107 @@ async def test_start_of_an_undefined_name_fails(orchestrator: SagaOrchestrator) 
     """The common API reports unknown names as on the manager."""
     with pytest.raises(SagaNotFoundError, match="No saga registered with name 'nope'"):
         await orchestrator.start("nope")
+
+
+# --------------------------------------------------------------------------- what children store
+
+
+async def test_a_childs_unstorable_output_fails_that_child_only() -> None:
+    """A child returning an output no store can hold fails; siblings keep their outcome."""
+    calls: list[str] = []
+
+    async def flaky(ctx: SagaContext) -> object:
+        calls.append(f"flaky:{ctx.attempt}")
+        await asyncio.sleep(0.01)
+        if ctx.attempt == 1:
+            raise ConnectionError("transient")
+        return {"flaky": 1}
+
+    async def good(ctx: SagaContext) -> object:
+        return {"good": 1}
+
+    async def bad(ctx: SagaContext) -> object:
+        await asyncio.sleep(0.005)
+        return {"bad": {1, 2}}
+
+    async def undo(ctx: SagaContext) -> None:
+        calls.append(f"undo {ctx.step_name}")
+
+    orchestrator = SagaOrchestrator(config=FAST)
+    children = [
+        OrchestratedStep(name, action=action, compensation=undo)
+        for name, action in (("flaky", flaky), ("good", good), ("bad", bad))
+    ]
+    orchestrator.define("group", [OrchestratedStep("g", parallel=children)])
+    record = await run(orchestrator, "group", {})
+    await orchestrator.close()
+    steps = record.steps
+    assert steps["bad"].status is SagaStepStatus.FAILED
+    assert "returned an output no store can hold" in (steps["bad"].error or "")
+    assert steps["flaky"].status is SagaStepStatus.COMPENSATED  # retried, completed, undone
+    assert steps["good"].status is SagaStepStatus.COMPENSATED
+    assert calls.count("flaky:2") == 1
+    assert "undo bad" not in calls
+
+
+async def test_a_child_may_not_replace_the_shared_context() -> None:
+    """``ctx.data = {...}`` in a parallel child fails that child; nothing is silently lost."""
+
+    async def replace(ctx: SagaContext) -> None:
+        ctx.data = {"replaced": True}
+
+    async def fine(ctx: SagaContext) -> None:
+        ctx["fine"] = True
+
+    orchestrator = SagaOrchestrator(config=FAST)
+    orchestrator.define(
+        "group",
+        [
+            OrchestratedStep(
+                "g",
+                parallel=[
+                    OrchestratedStep("replace", action=replace),
+                    OrchestratedStep("fine", action=fine),
+                ],
+            )
+        ],
+    )
+    record = await run(orchestrator, "group", {"orig": 1})
+    await orchestrator.close()
+    assert record.status is SagaStatus.COMPENSATED
+    assert "replaced ctx.data" in (record.steps["replace"].error or "")
+    assert record.data["orig"] == 1
+    assert "replaced" not in record.data
+
+
+async def test_group_events_follow_their_writes(tmp_path: Path) -> None:
+    """In a parallel group, ``SagaStepFailed`` arrives only once the failure is stored."""
+
+    async def slow_ok(ctx: SagaContext) -> object:
+        await asyncio.sleep(0.001)
+        return {"ok": 1}
+
+    async def fail_later(ctx: SagaContext) -> object:
+        await asyncio.sleep(0.002)
+        raise ValueError("no")
+
+    store = SQLiteSagaStore(tmp_path / "s.db")
+    bus = InMemoryEventBus()
+    seen: list[str | None] = []
+
+    async def on_failed(event: SagaStepFailed) -> None:
+        stored = await store.load(event.saga_id)
+        assert stored is not None
+        step = stored.steps.get(event.step_name or "")
+        seen.append(None if step is None else step.status.value)
+
+    bus.subscribe(SagaStepFailed, on_failed)
+    orchestrator = SagaOrchestrator(store, config=FAST, event_bus=bus)
+    children = [OrchestratedStep(f"ok{i}", action=slow_ok) for i in range(8)]
+    children.append(OrchestratedStep("bad", action=fail_later))
+    orchestrator.define("p", [OrchestratedStep("g", parallel=children)])
+    for _ in range(10):
+        await run(orchestrator, "p", {})
+    await orchestrator.close()
+    await store.close()
+    assert seen == ["failed"] * 10

@@ -394,3 +394,22 @@ async def test_a_lone_surrogate_in_a_cancel_reason_never_strands_the_saga(
     assert durable is not None
     assert durable.status is record.status is P.COMPENSATED
     assert "user said \\udcff" in (durable.error or "")
+
+
+async def test_tuples_are_stored_and_seen_as_lists(store: SagaStore) -> None:
+    """A tuple in ``ctx.data`` or an output becomes a list in the worker and the store."""
+    seen: list[tuple[str, str]] = []
+
+    async def put(ctx: SagaContext) -> object:
+        ctx["point"] = (1, 2)
+        return {"ids": ("x", "y")}
+
+    async def look(ctx: SagaContext) -> object:
+        seen.append((type(ctx["point"]).__name__, type(ctx.step_results["a"]["ids"]).__name__))
+        return None
+
+    waited, durable, _ = await run_with(store, {"a": put, "b": look})
+    assert seen == [("list", "list")]
+    assert durable.status is P.COMPLETED
+    assert durable.data["point"] == waited.data["point"] == [1, 2]
+    assert durable.steps["a"].output == {"ids": ["x", "y"]}

@@ -16,7 +16,13 @@ from typing import Any
 
 from lexigram.events.sagas._leases import LeasePolicy, is_claimable
 from lexigram.events.sagas._logging import log_fields
-from lexigram.events.sagas.codec import EPOCH, loads_json, rejected, storable_json
+from lexigram.events.sagas.codec import (
+    EPOCH,
+    loads_json,
+    record_is_plain,
+    rejected,
+    storable_json,
+)
 from lexigram.events.sagas.config import check_list_limit
 from lexigram.events.sagas.errors import ConcurrencyConflictError, CorruptRecordError
 from lexigram.events.sagas.types import (
@@ -78,11 +84,12 @@ class _Row:
                     record.metadata,
                     record.error,
                     builtins.list(map(_step_json_fields, steps)),
-                )
+                ),
+                tuples=True,  # the store's own tuples; user parts are checked just below
             )
         except (TypeError, ValueError, RecursionError):
             raise rejected(record) from None
-        if not (_utf8(fields) and all(map(_utf8, step_fields)) and _errors_are_text(record)):
+        if not (record_is_plain(record) and _utf8(fields) and all(map(_utf8, step_fields))):
             raise rejected(record)
         return cls(builtins.list(fields), step_fields, payload)
 
@@ -124,24 +131,6 @@ def _utf8(values: tuple[Any, ...]) -> bool:
                 value.encode()
             except UnicodeEncodeError:
                 return False
-    return True
-
-
-def _errors_are_text(record: SagaRecord) -> bool:
-    """Whether every error text of ``record`` is a ``str`` (or ``None``), as the codec requires.
-
-    JSON would hold ``attempt_errors=[404]`` or ``error=500``, but the codec refuses them
-    (a record's errors are text), so this store must too.
-    """
-    if record.error is not None and type(record.error) is not str:
-        return False
-    for step in record.steps.values():
-        if (step.error is not None and type(step.error) is not str) or (
-            step.compensation_error is not None and type(step.compensation_error) is not str
-        ):
-            return False
-        if not all(type(text) is str for text in step.attempt_errors):
-            return False
     return True
 
 

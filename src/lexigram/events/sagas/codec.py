@@ -51,7 +51,9 @@ __all__ = [
     "format_time",
     "load_record",
     "loads_json",
+    "normalise_json",
     "parse_time",
+    "record_is_plain",
     "rejected",
     "storable_json",
 ]
@@ -170,7 +172,7 @@ def check_data(data: object, *, what: str = "data") -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SagaDataError(f"saga {what} must be a dict, got {type(data).__name__}")
     try:
-        copied: dict[str, Any] | None = _loads(storable_json(data))
+        copied: dict[str, Any] | None = _loads(storable_json(data, tuples=True))
     except (TypeError, ValueError, RecursionError):
         copied = None
     if copied is None:
@@ -182,41 +184,58 @@ def check_data(data: object, *, what: str = "data") -> dict[str, Any]:
     return copied
 
 
-def storable_json(value: object) -> str:
+def storable_json(value: object, *, tuples: bool = False) -> str:
     """Encode ``value`` as JSON text every store can hold, or raise.
 
-    Stricter than ``dumps_json``: keys must be strings at every depth (JSON would turn
-    others into strings, so the value would change shape), and the text must be valid
-    UTF-8 (no lone surrogates).
+    Stricter than ``dumps_json``: keys must be strings at every depth and arrays must be
+    lists (JSON would turn other keys into strings and tuples into lists, so the value
+    would come back in another shape), and the text must be valid UTF-8 (no lone
+    surrogates). With ``tuples=True`` tuples are accepted as arrays (for a copy that is
+    read back at once, as ``check_data`` makes).
 
     Raises:
-        TypeError: a value JSON cannot hold, or a key that is not a string.
+        TypeError: a value JSON cannot hold, a key that is not a string, or a tuple.
         ValueError: a non-finite float, an integer too long to print, or a lone surrogate.
     """
     text = _dumps(value)
-    if not _str_keys(value):
-        raise TypeError("JSON object keys must be strings")
+    if not _plain(value, _ARRAYS_AND_TUPLES if tuples else list):
+        raise TypeError("JSON object keys must be strings and arrays lists")
     if not text.isascii():  # O(1) in CPython: ASCII text, the common case, pays nothing
         text.encode()  # UnicodeEncodeError (a ValueError) on a lone surrogate
     return text
 
 
 _CONTAINERS = (dict, list, tuple)
+_ARRAYS_AND_TUPLES = (list, tuple)
 
 
-def _str_keys(value: object) -> bool:
-    """Whether every dict inside ``value`` has only ``str`` keys."""
+def _plain(value: object, arrays: type | tuple[type, ...] = list) -> bool:
+    """Whether every dict inside ``value`` has ``str`` keys and every array is an ``arrays``.
+
+    A tuple is not an array a store can give back: it comes back as a list.
+    """
     if isinstance(value, dict):
         for key, item in value.items():
             if type(key) is not str:
                 return False
-            if isinstance(item, _CONTAINERS) and not _str_keys(item):
+            if isinstance(item, _CONTAINERS) and not _plain(item, arrays):
                 return False
-    elif isinstance(value, list | tuple):
+    elif isinstance(value, _CONTAINERS[1:]):
+        if not isinstance(value, arrays):
+            return False
         for item in value:
-            if isinstance(item, _CONTAINERS) and not _str_keys(item):
+            if isinstance(item, _CONTAINERS) and not _plain(item, arrays):
                 return False
     return True
+
+
+def normalise_json(value: object) -> Any:
+    """Return ``value`` as a store gives it back (tuples as lists), or raise.
+
+    Raises:
+        TypeError, ValueError: ``value`` cannot be stored even so (see ``storable_json``).
+    """
+    return _loads(storable_json(value, tuples=True))
 
 
 def _is_text(value: object) -> bool:
@@ -226,10 +245,25 @@ def _is_text(value: object) -> bool:
 def _step_is_plain(step: SagaStepRecord) -> bool:
     """Whether a step's output has str keys only and its error texts are text."""
     return (
-        _str_keys(step.output)
+        _plain(step.output)
         and _is_text(step.error)
         and _is_text(step.compensation_error)
         and all(type(text) is str for text in step.attempt_errors)
+    )
+
+
+def record_is_plain(record: SagaRecord) -> bool:
+    """Whether the parts of ``record`` user code fills come back from a store unchanged.
+
+    Data, metadata and outputs: ``str`` keys and lists (not tuples) at every depth; error
+    texts: ``str``. JSON encoding alone would silently coerce the rest. A store that
+    encodes a record its own way calls this besides encoding (``encode_record`` does).
+    """
+    return (
+        _plain(record.data)
+        and _plain(record.metadata)
+        and all(_step_is_plain(step) for step in record.steps.values())
+        and _is_text(record.error)
     )
 
 
@@ -347,14 +381,7 @@ def encode_record(record: SagaRecord) -> str:
         text = _dumps(dump_record(record))
     except (TypeError, ValueError, RecursionError):
         raise rejected(record) from None
-    # Only the parts user code fills can hold non-str keys or non-str error texts; the rest
-    # is built here.
-    if not (
-        _str_keys(record.data)
-        and _str_keys(record.metadata)
-        and all(_step_is_plain(step) for step in record.steps.values())
-        and _is_text(record.error)
-    ):
+    if not record_is_plain(record):
         raise rejected(record)
     if not text.isascii():  # O(1) in CPython: ASCII text, the common case, pays nothing
         try:

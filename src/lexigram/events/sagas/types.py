@@ -138,6 +138,43 @@ def move_step(step: SagaStepRecord, new: SagaStepStatus) -> None:
     step.status = new
 
 
+def finish_saga(record: SagaRecord, status: SagaStatus, now: datetime) -> tuple[Any, ...]:
+    """Move ``record`` to the terminal ``status`` for the write that will record it.
+
+    The saga has finished only once that write lands: when the store refuses it, pass the
+    returned value to :func:`unfinish_saga`, which puts the record back as it was (the
+    move never happened, so it is not a move back).
+
+    Raises:
+        ValueError: the table does not allow the move.
+    """
+    before = (
+        record.status,
+        record.current_step,
+        record.completed_at,
+        record.lease_owner,
+        record.lease_id,
+        record.lease_expires_at,
+    )
+    move_saga(record, status)
+    record.current_step = None
+    record.completed_at = now
+    record.lease_owner = record.lease_id = record.lease_expires_at = None
+    return before
+
+
+def unfinish_saga(record: SagaRecord, before: tuple[Any, ...]) -> None:
+    """Undo :func:`finish_saga` after the store refused the write that recorded it."""
+    (
+        record.status,
+        record.current_step,
+        record.completed_at,
+        record.lease_owner,
+        record.lease_id,
+        record.lease_expires_at,
+    ) = before
+
+
 FailureKind = Literal[
     "step_failed",
     "step_error",

@@ -29,10 +29,16 @@ class Announcer:
 
     def queue(
         self, run: SagaRun, event_type: type[ev.SagaEvent], step: str | None = None, **f: Any
-    ) -> None:
-        """Publish an event once the next write lands (the state it announces is durable)."""
-        if self.bus is not None:
-            run.outbox.append(self._build(run, event_type, step, f))
+    ) -> ev.SagaEvent | None:
+        """Publish an event once the next write lands (the state it announces is durable).
+
+        Returns the queued event (``None`` without a bus), so a caller may withdraw it.
+        """
+        if self.bus is None:
+            return None
+        event = self._build(run, event_type, step, f)
+        run.outbox.append(event)
+        return event
 
     async def publish(
         self, run: SagaRun, event_type: type[ev.SagaEvent], step: str | None = None, **f: Any

@@ -23,6 +23,7 @@ from lexigram.events.sagas._engine.backoff import STORE_RETRY
 from lexigram.events.sagas._engine.rules import describe_error
 from lexigram.events.sagas._engine.run import Interrupted, SagaRun, StopReason
 from lexigram.events.sagas._leases import LeasePolicy
+from lexigram.events.sagas.codec import normalise_json
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import storable_text
 from lexigram.events.sagas.errors import (
@@ -33,13 +34,20 @@ from lexigram.events.sagas.errors import (
 )
 from lexigram.events.sagas.events import SagaEvent
 from lexigram.events.sagas.store import SagaStore
-from lexigram.events.sagas.types import SagaFailure, SagaRecord, SagaStatus, move_saga
+from lexigram.events.sagas.types import (
+    SagaFailure,
+    SagaRecord,
+    SagaStatus,
+    finish_saga,
+    unfinish_saga,
+)
 
 __all__ = ["RecordWriter", "describe_rejections"]
 
 logger = logging.getLogger(__name__)
 
 _NONE: tuple[Rejection, ...] = ()
+_NO_EVENTS: list[SagaEvent] = []  # shared and never changed: only iterated and tested
 
 
 def describe_rejections(rejections: tuple[Rejection, ...]) -> str:
@@ -93,33 +101,42 @@ class RecordWriter:
         now = self.clock()
         record.updated_at = now
         record.recovery_attempts = 0
-        before = None
+        unfinished = None
         if finish is None:
             record.lease_expires_at = self.lease.expiry(now)
         else:
-            before = (record.status, record.current_step, record.lease_owner, record.lease_id)
-            move_saga(record, finish)
-            record.current_step = None
-            record.completed_at = now
-            LeasePolicy.clear(record)
+            unfinished = finish_saga(record, finish, now)
+        # The events queued so far announce what this write stores; events queued while it
+        # is under way (by parallel siblings) wait for the next write.
+        events: list[SagaEvent] = _NO_EVENTS
         try:
             lock = run._save_lock  # created once a parallel group runs
             if lock is None:
+                if run.outbox:
+                    events, run.outbox = run.outbox, []
                 try:  # the common case, without a further coroutine layer
                     await self.store.save(record)
                 except Exception as exc:
                     await self._write(run, failed=exc)
             else:
                 async with lock:
+                    if run.outbox:
+                        events, run.outbox = run.outbox, []
                     await self._write(run)
-        except SagaDataError as exc:
-            if before is not None:  # nothing was written, so the saga did not finish
-                record.status, record.current_step, record.lease_owner, record.lease_id = before
-                record.completed_at = None
+        except BaseException as exc:
+            if events:
+                run.outbox[:0] = events  # not written: they still wait for a write
+            if not isinstance(exc, SagaDataError):
+                raise
+            if unfinished is not None:  # nothing was written, so the saga did not finish
+                unfinish_saga(record, unfinished)
                 record.lease_expires_at = self.lease.expiry(now)
-            return await self._repair(run, exc)
-        if run.outbox:
-            await self._flush(run)
+            refused = await self._repair(run, exc)
+            if refused:
+                return refused
+            return await self.save(run, finish=finish)  # values reshaped: write them now
+        for event in events:
+            await self._publish(event)
         return _NONE
 
     async def _write(self, run: SagaRun, *, failed: Exception | None = None) -> None:
@@ -183,13 +200,19 @@ class RecordWriter:
     async def _repair(self, run: SagaRun, exc: SagaDataError) -> tuple[Rejection, ...]:
         """Put each refused value back to its last durable state; return what was refused.
 
+        A value that only holds tuples where a store keeps lists is not refused: it is
+        turned into what the store would give back, so worker and store agree, and the
+        write is made again (an empty result).
+
         Raises:
             SagaDataError: the store named no value, so nothing can be repaired: the run
                 stops (it stays resumable) rather than loop or skip the write.
         """
-        rejections = exc.rejections
-        if not rejections:
+        rejections = tuple(item for item in exc.rejections if not _normalise(run, item))
+        if not exc.rejections:
             raise exc
+        if not rejections:
+            return rejections
         record = run.record
         durable: SagaRecord | None = None
         if any(item.kind in ("data", "metadata") for item in rejections):
@@ -218,6 +241,32 @@ class RecordWriter:
         events, run.outbox = run.outbox, []
         for event in events:
             await self._publish(event)
+
+
+def _normalise(run: SagaRun, item: Rejection) -> bool:
+    """Make a refused value storable by giving it the shape a store gives back, if it can."""
+    record = run.record
+    if item.kind == "output":
+        step = record.steps.get(item.key)
+        if step is None:
+            return False
+        try:
+            step.output = normalise_json(step.output)
+        except (TypeError, ValueError, RecursionError):
+            return False
+        if item.key in run.ctx.step_results:
+            run.ctx.step_results[item.key] = step.output
+        return True
+    if item.kind not in ("data", "metadata"):
+        return False
+    target: dict[Any, Any] = record.data if item.kind == "data" else record.metadata
+    if item.key not in target:  # a non-str key (named by its text), or the whole dict
+        return False
+    try:
+        target[item.key] = normalise_json(target[item.key])
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
 
 
 def _adopt_context(run: SagaRun) -> tuple[Rejection, ...]:

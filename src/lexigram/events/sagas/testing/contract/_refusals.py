@@ -103,6 +103,14 @@ def _several(record: SagaRecord) -> None:
     _bad_output(record)
 
 
+def _tuple_in_data(record: SagaRecord) -> None:
+    record.data["point"] = (1, 2)  # would come back as a list: refused (the engine reshapes)
+
+
+def _tuple_in_output(record: SagaRecord) -> None:
+    record.steps["reserve"] = SagaStepRecord("reserve", output={"ids": ("a", "b")})
+
+
 UNSTORABLE: list[tuple[Callable[[SagaRecord], None], tuple[Rejection, ...]]] = [
     (_set_in_data, (Rejection("data", "tags"),)),
     (_int_key, (Rejection("data", "1"),)),
@@ -118,6 +126,8 @@ UNSTORABLE: list[tuple[Callable[[SagaRecord], None], tuple[Rejection, ...]]] = [
     (_number_as_step_error, (Rejection("error", "reserve"),)),
     (_object_as_compensation_error, (Rejection("error", "reserve"),)),
     (_number_as_saga_error, (Rejection("error", ""),)),
+    (_tuple_in_data, (Rejection("data", "point"),)),
+    (_tuple_in_output, (Rejection("output", "reserve"),)),
     (
         _several,
         (Rejection("data", "tags"), Rejection("data", "ratio"), Rejection("output", "reserve")),
