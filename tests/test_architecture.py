@@ -11,7 +11,15 @@ import lexigram.events.sagas as sagas
 
 ROOT = Path(sagas.__file__).parent
 PACKAGE = "lexigram.events.sagas"
-FRONT_ENDS = {"base", "manager", "orchestrator", "diagram", "_runtime", "_subscriptions"}
+FRONT_ENDS = {
+    "base",
+    "manager",
+    "orchestrator",
+    "diagram",
+    "_runtime",
+    "_subscriptions",
+    "_registry",
+}
 STORES = {"_sqlite", "_postgres", "sqlite", "postgres", "_memory"}
 
 
@@ -49,7 +57,8 @@ def test_stores_know_nothing_of_the_engine(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["types", "errors", "config", "context", "events", "codec", "_leases", "_logging"]
+    "name",
+    ["types", "errors", "config", "context", "events", "codec", "_values", "_leases", "_logging"],
 )
 def test_the_vocabulary_imports_nothing_above_it(name: str) -> None:
     """Records, errors, settings and the codec import no engine, store or front-end."""

@@ -14,7 +14,6 @@ import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -25,13 +24,13 @@ from lexigram.events.sagas._engine.engine import Engine, StopReason
 from lexigram.events.sagas._engine.flow import Flow
 from lexigram.events.sagas._engine.recovery import Recovery, RecoveryProblem
 from lexigram.events.sagas._logging import log_fields
-from lexigram.events.sagas._subscriptions import Subscriptions
+from lexigram.events.sagas._registry import Registry
+from lexigram.events.sagas._subscriptions import Subscriptions, starter
 from lexigram.events.sagas.codec import MAX_SAGA_ID_LENGTH, check_data, check_saga_id
 from lexigram.events.sagas.config import SagaConfig, check_list_limit
 from lexigram.events.sagas.errors import (
     ConcurrencyConflictError,
     SagaDataError,
-    SagaDefinitionError,
     SagaError,
     SagaNotFoundError,
     SagaTimeoutError,
@@ -50,12 +49,6 @@ def _utc_now() -> datetime:
 
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-@dataclass(slots=True)
-class _Registry:
-    flows: dict[str, Flow] = field(default_factory=dict)
-    sources: dict[str, object] = field(default_factory=dict)
 
 
 class SagaRuntime:
@@ -90,12 +83,16 @@ class SagaRuntime:
         self._config = config if config is not None else SagaConfig()
         self._bus = event_bus
         self._clock = clock
-        self._registry = _Registry()
+        self._registry = Registry()
         self._timeout_delta = timedelta(seconds=self._config.default_timeout_seconds)
         self._subscriptions = None if event_bus is None else Subscriptions(event_bus)
         self._starting: set[str] = set()  # ids whose start() is storing them right now
-        self._started = asyncio.Event()  # set whenever no start() is storing a saga
-        self._started.set()
+        # Calls that may launch a run (start, cancel, resume, recover) in progress: close()
+        # waits for them, so a saga they store or claim is launched, then stopped with the
+        # rest, never left under this worker's lease.
+        self._launching = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._closed = False
         self._engine = Engine(
             self._store,
@@ -143,24 +140,11 @@ class SagaRuntime:
 
     def flow(self, saga_name: str) -> Flow:
         """Return the compiled definition registered under ``saga_name``."""
-        try:
-            return self._registry.flows[saga_name]
-        except KeyError:
-            raise SagaNotFoundError.for_name(saga_name) from None
+        return self._registry.get(saga_name)
 
     def _add_flow(self, flow: Flow, source: object) -> None:
         """Register a compiled flow (front-ends call this)."""
-        registry = self._registry
-        known = registry.sources.get(flow.name)
-        if known is not None:
-            if known is source:
-                return
-            raise SagaDefinitionError(
-                f"a different saga is already registered with name '{flow.name}'",
-                saga_name=flow.name,
-            )
-        registry.flows[flow.name] = flow
-        registry.sources[flow.name] = source
+        self._registry.add(flow, source)
 
     # ------------------------------------------------------------------ starting and waiting
 
@@ -213,17 +197,18 @@ class SagaRuntime:
         # close() waits for the starts in progress: a saga stored here is launched before
         # the shutdown stops it, so none is left behind under this worker's lease.
         self._starting.add(saga_id)
-        self._started.clear()
+        self._begin_launch()
         try:
-            await self._store.save(record)
-        except ConcurrencyConflictError:
-            await self._adopt(saga_id)
-            return saga_id
+            try:
+                await self._store.save(record)
+            except ConcurrencyConflictError:
+                await self._adopt(saga_id)
+                return saga_id
+            finally:
+                self._starting.discard(saga_id)
+            engine.launch(record, flow, deadline_in=self._config.default_timeout_seconds)
         finally:
-            self._starting.discard(saga_id)
-            if not self._starting:
-                self._started.set()
-        engine.launch(record, flow, deadline_in=self._config.default_timeout_seconds)
+            self._end_launch()
         return saga_id
 
     async def _adopt(self, saga_id: str) -> None:
@@ -353,13 +338,17 @@ class SagaRuntime:
             run.stop(StopReason.CANCEL, reason)
             return await self.wait(saga_id)
         self._check_open()
-        record = await self._store.load(saga_id)
-        if record is None:
-            raise SagaNotFoundError.for_id(saga_id)
-        if record.is_terminal:
-            return record
-        claimed, flow = await self._recovery.take_over(record)
-        self._engine.launch(claimed, flow, stop=(StopReason.CANCEL, reason))
+        self._begin_launch()
+        try:
+            record = await self._store.load(saga_id)
+            if record is None:
+                raise SagaNotFoundError.for_id(saga_id)
+            if record.is_terminal:
+                return record
+            claimed, flow = await self._recovery.take_over(record)
+            self._engine.launch(claimed, flow, stop=(StopReason.CANCEL, reason))
+        finally:
+            self._end_launch()
         return await self.wait(saga_id)
 
     async def resume(self, saga_id: str) -> None:
@@ -373,13 +362,17 @@ class SagaRuntime:
         self._check_open()
         if saga_id in self._engine.runs:
             return
-        record = await self._store.load(saga_id)
-        if record is None:
-            raise SagaNotFoundError.for_id(saga_id)
-        if record.is_terminal:
-            return
-        claimed, flow = await self._recovery.take_over(record)
-        self._engine.launch(claimed, flow)
+        self._begin_launch()
+        try:
+            record = await self._store.load(saga_id)
+            if record is None:
+                raise SagaNotFoundError.for_id(saga_id)
+            if record.is_terminal:
+                return
+            claimed, flow = await self._recovery.take_over(record)
+            self._engine.launch(claimed, flow)
+        finally:
+            self._end_launch()
 
     async def recover(self) -> int:
         """Claim and resume every non-terminal saga of a registered name no live worker holds.
@@ -389,7 +382,11 @@ class SagaRuntime:
         Returns how many sagas were resumed.
         """
         self._check_open()
-        resumed, self.recovery_problems = await self._recovery.recover()
+        self._begin_launch()
+        try:
+            resumed, self.recovery_problems = await self._recovery.recover()
+        finally:
+            self._end_launch()
         return resumed
 
     async def cleanup(self) -> int:
@@ -437,19 +434,20 @@ class SagaRuntime:
             raise SagaError("start_on() needs an event_bus on the manager")
         self.flow(saga_name)  # fail now on an unknown name
 
-        async def handler(event: DomainEvent) -> None:
-            if callable(data):
-                payload: Mapping[str, Any] = data(event)
-            elif data is not None:
-                payload = data
-            else:
-                payload = event.to_dict()
-            chosen = saga_id(event) if saga_id is not None else f"{saga_name}:{event.event_id}"
-            await self.start(saga_name, payload, chosen)
-
-        return subscriptions.add(event_type, handler)
+        return subscriptions.add(
+            event_type, starter(self.start, saga_name, data=data, saga_id=saga_id)
+        )
 
     # ------------------------------------------------------------------ shutdown
+
+    def _begin_launch(self) -> None:
+        self._launching += 1
+        self._idle.clear()
+
+    def _end_launch(self) -> None:
+        self._launching -= 1
+        if not self._launching:
+            self._idle.set()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -464,7 +462,7 @@ class SagaRuntime:
         if self._closed:
             return
         self._closed = True
-        await self._started.wait()  # starts already storing a saga launch it first
+        await self._idle.wait()  # calls already storing or claiming a saga launch it first
         if self._subscriptions is not None:
             self._subscriptions.clear()
         engine = self._engine

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from lexigram.events._bus import EventBusProtocol
 from lexigram.events._domain import DomainEvent
 
-__all__ = ["Subscriptions"]
+__all__ = ["Subscriptions", "starter"]
 
 
 @dataclass(slots=True)
@@ -45,3 +45,28 @@ class Subscriptions:
         for subscription in self._held:
             self._bus.unsubscribe(subscription.event_type, subscription.handler)
         self._held.clear()
+
+
+Start = Callable[[str, Mapping[str, Any], str], Awaitable[str]]
+
+
+def starter(
+    start: Start,
+    saga_name: str,
+    *,
+    data: Mapping[str, Any] | Callable[[Any], Mapping[str, Any]] | None,
+    saga_id: Callable[[Any], str] | None,
+) -> Callable[[DomainEvent], Awaitable[None]]:
+    """The handler ``start_on`` subscribes: one saga per event (per event id by default)."""
+
+    async def handler(event: DomainEvent) -> None:
+        if callable(data):
+            payload: Mapping[str, Any] = data(event)
+        elif data is not None:
+            payload = data
+        else:
+            payload = event.to_dict()
+        chosen = saga_id(event) if saga_id is not None else f"{saga_name}:{event.event_id}"
+        await start(saga_name, payload, chosen)
+
+    return handler

@@ -180,6 +180,9 @@ class Engine(Compensation):
         """
         if self.closed:
             raise SagaError("this saga manager is closed", saga_id=record.saga_id)
+        running = self.runs.get(record.saga_id)
+        if running is not None:  # never two runs of one saga in one worker
+            return running
         loop = asyncio.get_running_loop()
         run = SagaRun(record, flow, self.worker_id)
         if stop is not None:
