@@ -12,7 +12,8 @@ import pytest
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.errors import SagaError
 from lexigram.events.sagas.manager import SagaManager
-from lexigram.events.sagas.store import InMemorySagaStore
+from lexigram.events.sagas.store import InMemorySagaStore, SagaStore
+from lexigram.events.sagas.testing import StoreCall, StoreWrapper
 from lexigram.events.sagas.types import SagaRecord, SagaStatus
 from tests.support.helpers import WAIT, Script, blocking, manager_for
 
@@ -140,3 +141,46 @@ async def test_a_list_limit_no_store_can_use_is_refused(limit: int) -> None:
     with pytest.raises(ValueError, match="limit"):
         await manager.list(limit=limit)
     await manager.close()
+
+
+class SlowClaims(StoreWrapper):
+    """Claims wait for ``unblock`` before reaching the store."""
+
+    def __init__(self, inner: SagaStore) -> None:
+        super().__init__(inner)
+        self.claiming = asyncio.Event()
+        self.unblock = asyncio.Event()
+
+    async def forward(self, call: StoreCall[Any]) -> Any:
+        if call.method == "claim":
+            self.claiming.set()
+            await self.unblock.wait()
+        return await super().forward(call)
+
+
+async def test_recover_racing_close_leaves_no_saga_under_this_worker() -> None:
+    """A claim landing after ``close()`` began: its saga is launched, stopped and released."""
+    inner = InMemorySagaStore()
+    entered, release = asyncio.Event(), asyncio.Event()
+    first_script = Script()
+    first = manager_for(first_script, store=inner, config=SagaConfig(shutdown_timeout=0))
+    first_script.behaviours["a"] = blocking(entered, release)
+    saga_id = await first.start("scripted")
+    await entered.wait()
+    await first.close()  # released: free for any worker
+    store = SlowClaims(inner)
+    second_script = Script()
+    second_script.behaviours["a"] = blocking(asyncio.Event(), asyncio.Event())
+    manager = manager_for(second_script, store=store, config=SagaConfig(shutdown_timeout=0))
+    recovering = asyncio.create_task(manager.recover())
+    await store.claiming.wait()
+    closing = asyncio.create_task(manager.close())
+    await asyncio.sleep(0)
+    store.unblock.set()
+    await closing
+    assert await recovering == 1
+    assert manager.running() == ()
+    record = await inner.load(saga_id)
+    assert record is not None
+    assert not record.is_terminal
+    assert record.lease_owner is None  # not stranded under the closed worker
