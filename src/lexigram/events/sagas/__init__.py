@@ -52,7 +52,7 @@ from lexigram.events.sagas.orchestrator import (
     SagaOrchestrator,
     transition,
 )
-from lexigram.events.sagas.store import InMemorySagaStore, SagaStore
+from lexigram.events.sagas.store import InMemorySagaStore, SagaStore, is_claimable
 from lexigram.events.sagas.types import (
     FAILURE_KINDS,
     TERMINAL_SAGA_STATUSES,
@@ -145,6 +145,7 @@ __all__ = [
     "can_transition_saga",
     "can_transition_step",
     "instance_to_mermaid",
+    "is_claimable",
     "saga_step",
     "to_mermaid",
     "transition",

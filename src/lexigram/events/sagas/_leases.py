@@ -39,7 +39,7 @@ class LeasePolicy:
         """Stamp ``record`` as held by ``owner``/``lease_id`` from ``now``."""
         record.lease_owner = owner
         record.lease_id = lease_id
-        record.lease_expires_at = now + timedelta(seconds=self.seconds)
+        record.lease_expires_at = self.expiry(now)
 
     @staticmethod
     def clear(record: SagaRecord) -> None:

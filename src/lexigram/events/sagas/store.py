@@ -16,6 +16,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from lexigram.events.sagas._leases import is_claimable
 from lexigram.events.sagas._memory import InMemorySagaStore
 from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepRecord
 
@@ -24,6 +25,7 @@ __all__ = [
     "SagaRecord",
     "SagaStepRecord",
     "SagaStore",
+    "is_claimable",
 ]
 
 

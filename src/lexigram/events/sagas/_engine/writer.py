@@ -162,7 +162,7 @@ class RecordWriter:
                 logger.warning(
                     "saga %s was taken over by another worker; this worker stops running it",
                     record.saga_id,
-                    extra=run.log_extra(),
+                    extra=run.log_extra(run.ctx.step_name, run.ctx.attempt or None),
                 )
                 run.stop(StopReason.LEASE_LOST)
                 raise Interrupted(StopReason.LEASE_LOST) from None
@@ -177,7 +177,7 @@ class RecordWriter:
                     record.saga_id,
                     describe_error(exc),
                     delay,
-                    extra=run.log_extra(),
+                    extra=run.log_extra(run.ctx.step_name, run.ctx.attempt or None),
                 )
                 await self._sleep(delay)
                 continue
@@ -233,7 +233,7 @@ class RecordWriter:
             "saga %s: the store refused %s; put back to the last stored values",
             record.saga_id,
             describe_rejections(rejections),
-            extra=run.log_extra(),
+            extra=run.log_extra(run.ctx.step_name, run.ctx.attempt or None),
         )
         return rejections
 

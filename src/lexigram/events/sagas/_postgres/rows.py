@@ -1,6 +1,6 @@
 """Rows of ``PostgresSagaStore``'s table to records, and records to statement arguments.
 
-A row is the shared codec's JSON document plus columns (see ``_pg_sql``). Reading lays the
+A row is the shared codec's JSON document plus columns (see ``sql``). Reading lays the
 store-managed columns (version, ``updated_at``, the lease, ``previous_owner``,
 ``recovery_attempts``) over the decoded document, because ``claim``, ``renew`` and
 ``release`` change them in SQL without rewriting the document.
@@ -19,7 +19,7 @@ __all__ = ["record_from_row", "save_arguments"]
 
 
 def record_from_row(row: Any) -> SagaRecord:
-    """Decode a row selected with ``_pg_sql``'s column list.
+    """Decode a row selected with ``sql``'s column list.
 
     Raises:
         CorruptRecordError: the document is not a saga record, or its name or status

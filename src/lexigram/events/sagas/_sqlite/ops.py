@@ -1,6 +1,6 @@
 """SQL text and the operations ``SQLiteSagaStore`` runs on its worker thread.
 
-Row layout: the JSON document written by ``_codec.encode_record`` holds the whole record;
+Row layout: the JSON document written by ``codec.encode_record`` holds the whole record;
 a few fields are copied into columns, for indexes and for the lease operations:
 
 - ``saga_name``, ``created_at_us``: fixed at insert (list and claim order, list by name);
