@@ -44,13 +44,18 @@ from lexigram.events.sagas._engine.compensation import Compensation, poison_mess
 from lexigram.events.sagas._engine.deadlines import DeadlineTimer
 from lexigram.events.sagas._engine.flow import Flow, FlowStep
 from lexigram.events.sagas._engine.heartbeat import Heartbeat
-from lexigram.events.sagas._engine.rules import AttemptOutcome, describe_error, idempotency_key
+from lexigram.events.sagas._engine.rules import describe_error, idempotency_key
 from lexigram.events.sagas._engine.run import BROKEN, Interrupted, SagaRun, StopReason
-from lexigram.events.sagas._engine.steps import enter_step, fail_in_flight, fail_step, next_step
+from lexigram.events.sagas._engine.steps import (
+    check_child,
+    enter_step,
+    fail_in_flight,
+    fail_step,
+    next_step,
+)
 from lexigram.events.sagas._engine.writer import RecordWriter, describe_rejections
 from lexigram.events.sagas._leases import LeasePolicy
 from lexigram.events.sagas._logging import log_fields
-from lexigram.events.sagas.codec import storable_json
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import SagaContext, storable_text
 from lexigram.events.sagas.errors import SagaError
@@ -91,33 +96,6 @@ def _collect(task: asyncio.Task[None]) -> None:
             error,
             extra=log_fields(saga_id=saga_id if saga_id != task.get_name() else None),
         )
-
-
-def _check_child(run: SagaRun, ctx: SagaContext, outcome: AttemptOutcome) -> AttemptOutcome:
-    """Check what a child of a parallel group left behind, before it enters the record.
-
-    Siblings share the record, so a value no store can hold must be caught here, where it
-    is known whose it is, not by a sibling's write. A child may change keys of
-    ``ctx.data``/``ctx.metadata`` but not replace them (siblings share them).
-    """
-    if ctx.data is not run.ctx.data or ctx.metadata is not run.ctx.metadata:
-        ctx.data, ctx.metadata = run.ctx.data, run.ctx.metadata
-        return AttemptOutcome.failure(
-            f"SagaDataError: step '{ctx.step_name}' replaced ctx.data or ctx.metadata; a "
-            "parallel step may change their keys, not replace them",
-            "step_error",
-            retryable=False,
-        )
-    if outcome.ok:
-        try:
-            storable_json(outcome.output)
-        except (TypeError, ValueError, RecursionError):
-            return AttemptOutcome.failure(
-                f"SagaDataError: step '{ctx.step_name}' returned an output no store can hold",
-                "step_error",
-                retryable=False,
-            )
-    return outcome
 
 
 class Engine(Compensation):
@@ -366,7 +344,7 @@ class Engine(Compensation):
             )
             step.attempts = attempt
             if ctx is not run.ctx:  # a parallel child: what it stored is checked as its own
-                outcome = _check_child(run, ctx, outcome)
+                outcome = check_child(run, ctx, outcome)
             if outcome.ok:
                 move_step(step, _COMPLETED)
                 step.output = outcome.output

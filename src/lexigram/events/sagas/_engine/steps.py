@@ -9,11 +9,13 @@ from __future__ import annotations
 from datetime import datetime
 
 from lexigram.events.sagas._engine.flow import FlowStep
-from lexigram.events.sagas._engine.rules import describe_error
+from lexigram.events.sagas._engine.rules import AttemptOutcome, describe_error
 from lexigram.events.sagas._engine.run import SagaRun
+from lexigram.events.sagas.codec import storable_json
+from lexigram.events.sagas.context import SagaContext
 from lexigram.events.sagas.types import SagaStepRecord, SagaStepStatus, move_step
 
-__all__ = ["enter_step", "fail_in_flight", "fail_step", "next_step"]
+__all__ = ["check_child", "enter_step", "fail_in_flight", "fail_step", "next_step"]
 
 _RUNNING = SagaStepStatus.RUNNING
 _COMPLETED = SagaStepStatus.COMPLETED
@@ -85,3 +87,30 @@ def next_step(run: SagaRun, node: FlowStep) -> tuple[str | None, str]:
             "parallel group"
         )
     return chosen, ""
+
+
+def check_child(run: SagaRun, ctx: SagaContext, outcome: AttemptOutcome) -> AttemptOutcome:
+    """Check what a child of a parallel group left behind, before it enters the record.
+
+    Siblings share the record, so a value no store can hold must be caught here, where it
+    is known whose it is, not by a sibling's write. A child may change keys of
+    ``ctx.data``/``ctx.metadata`` but not replace them (siblings share them).
+    """
+    if ctx.data is not run.ctx.data or ctx.metadata is not run.ctx.metadata:
+        ctx.data, ctx.metadata = run.ctx.data, run.ctx.metadata
+        return AttemptOutcome.failure(
+            f"SagaDataError: step '{ctx.step_name}' replaced ctx.data or ctx.metadata; a "
+            "parallel step may change their keys, not replace them",
+            "step_error",
+            retryable=False,
+        )
+    if outcome.ok:
+        try:
+            storable_json(outcome.output)
+        except (TypeError, ValueError, RecursionError):
+            return AttemptOutcome.failure(
+                f"SagaDataError: step '{ctx.step_name}' returned an output no store can hold",
+                "step_error",
+                retryable=False,
+            )
+    return outcome
