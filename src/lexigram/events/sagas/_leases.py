@@ -7,7 +7,7 @@ and that stamp decides (``SagaConfig.lease_seconds``). Stores apply :func:`is_cl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from lexigram.events.sagas.types import TERMINAL_SAGA_STATUSES, SagaRecord, SagaStatus
@@ -20,11 +20,11 @@ class LeasePolicy:
     """How long a lease lasts; stamps and clears leases on records."""
 
     seconds: float
+    length: timedelta = field(init=False, repr=False, compare=False)
+    """The lease's length as a ``timedelta`` (made once: every write stamps an expiry)."""
 
-    @property
-    def length(self) -> timedelta:
-        """The lease's length as a ``timedelta``."""
-        return timedelta(seconds=self.seconds)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "length", timedelta(seconds=self.seconds))
 
     @property
     def heartbeat_interval(self) -> float:
@@ -33,7 +33,7 @@ class LeasePolicy:
 
     def expiry(self, now: datetime) -> datetime:
         """When a lease taken or renewed at ``now`` ends."""
-        return now + timedelta(seconds=self.seconds)
+        return now + self.length
 
     def hold(self, record: SagaRecord, owner: str, lease_id: str, now: datetime) -> None:
         """Stamp ``record`` as held by ``owner``/``lease_id`` from ``now``."""

@@ -18,10 +18,10 @@ from lexigram.events.sagas._leases import LeasePolicy, is_claimable
 from lexigram.events.sagas._logging import log_fields
 from lexigram.events.sagas.codec import (
     EPOCH,
+    dumps_json,
     loads_json,
     record_is_plain,
     rejected,
-    storable_json,
 )
 from lexigram.events.sagas.config import check_list_limit
 from lexigram.events.sagas.errors import ConcurrencyConflictError, CorruptRecordError
@@ -42,11 +42,14 @@ logger = logging.getLogger(__name__)
 # read in one C call by ``attrgetter``, plus the JSON text of its JSON-valued parts and
 # texts (data, metadata, step outputs, every error text). Saving costs one pass over the
 # fields and one JSON encoding; loading builds fresh objects from both, so callers always
-# get a copy. The payload goes through the codec's ``storable_json``, the other texts
-# through the same UTF-8 rule, and error texts must be ``str`` as the codec requires, so this
-# store refuses exactly what the codec refuses for the durable stores, with the codec's own
-# ``SagaDataError``. Measured on a 3-step record (save + load, this machine): 68 us this way
-# against 131 us through the codec's whole-record document, so the trick earns its place.
+# get a copy. The payload must be valid UTF-8 and the user-filled parts plain (the codec's
+# ``record_is_plain``: str keys, lists, text errors), so this store refuses what the codec
+# refuses for the durable stores, with the codec's own ``SagaDataError``. Ids, names and
+# owners are checked where they enter (saga ids by ``start()``, names at registration,
+# worker ids by the manager: printable text), so of the plain fields only the failure, whose
+# message is free text, is checked on every save. Measured on a 3-step record (save + load,
+# this machine): 68 us this way against 131 us through the codec's whole-record document,
+# so the trick earns its place.
 _JSON_FIELDS = ("data", "steps", "metadata", "error")
 _STEP_JSON_FIELDS = ("output", "attempt_errors", "error", "compensation_error")
 _PLAIN = tuple(name for name in SagaRecord.__slots__ if name not in _JSON_FIELDS)
@@ -58,6 +61,7 @@ _AT = {name: index for index, name in enumerate(_PLAIN)}
 _NAME, _STATUS, _VERSION = _AT["saga_name"], _AT["status"], _AT["version"]
 _CREATED, _COMPLETED = _AT["created_at"], _AT["completed_at"]
 _OWNER, _LEASE_ID, _EXPIRES = _AT["lease_owner"], _AT["lease_id"], _AT["lease_expires_at"]
+_FAILURE = _AT["failure"]
 
 
 @dataclass(slots=True)
@@ -79,18 +83,20 @@ class _Row:
         fields = _plain_fields(record)
         step_fields = tuple(map(_step_fields, steps))
         try:
-            payload = storable_json(
+            payload = dumps_json(  # the user-filled parts are checked by record_is_plain
                 (
                     record.data,
                     record.metadata,
                     record.error,
                     builtins.list(map(_step_json_fields, steps)),
-                ),
-                tuples=True,  # the store's own tuples; user parts are checked just below
+                )
             )
+            if not payload.isascii():  # O(1): ASCII, the common case, pays nothing
+                payload.encode()  # UnicodeEncodeError on a lone surrogate
         except (TypeError, ValueError, RecursionError):
             raise rejected(record) from None
-        if not (record_is_plain(record) and _utf8(fields) and all(map(_utf8, step_fields))):
+        failure = fields[_FAILURE]
+        if not (record_is_plain(record) and (failure is None or _utf8_failure(failure))):
             raise rejected(record)
         return cls(builtins.list(fields), step_fields, payload)
 
@@ -121,15 +127,12 @@ class _Row:
         )
 
 
-def _utf8(values: tuple[Any, ...]) -> bool:
-    """Whether every text among ``values`` is valid UTF-8 (no lone surrogate), as JSON needs."""
-    for value in values:
-        if isinstance(value, SagaFailure):
-            if not _utf8((value.step, value.message)):
-                return False
-        elif type(value) is str and not value.isascii():  # ASCII, the common case, is O(1)
+def _utf8_failure(failure: SagaFailure) -> bool:
+    """Whether a failure's texts are valid UTF-8 (no lone surrogate), as JSON needs."""
+    for text in (failure.step or "", failure.message):
+        if not text.isascii():  # ASCII, the common case, is O(1)
             try:
-                value.encode()
+                text.encode()
             except UnicodeEncodeError:
                 return False
     return True

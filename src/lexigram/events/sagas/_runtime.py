@@ -77,8 +77,10 @@ class SagaRuntime:
     ) -> None:
         if config is not None and not isinstance(config, SagaConfig):
             raise TypeError(f"config must be a SagaConfig, got {type(config).__name__}")
-        if worker_id is not None and (not isinstance(worker_id, str) or not worker_id.strip()):
-            raise ValueError("worker_id must be a non-empty string")
+        if worker_id is not None and (
+            not isinstance(worker_id, str) or not worker_id.strip() or not worker_id.isprintable()
+        ):
+            raise ValueError("worker_id must be a non-empty string of printable characters")
         self._store: SagaStore = store if store is not None else InMemorySagaStore()
         self._config = config if config is not None else SagaConfig()
         self._bus = event_bus

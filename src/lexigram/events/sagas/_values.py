@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lexigram.events.sagas.errors import Rejection, SagaDataError
-from lexigram.events.sagas.types import SagaRecord, SagaStepRecord
+from lexigram.events.sagas.types import SagaRecord
 
 __all__ = [
     "MAX_SAGA_ID_LENGTH",
@@ -142,26 +142,31 @@ def storable_json(value: object, *, tuples: bool = False) -> str:
     return text
 
 
-_CONTAINERS = (dict, list, tuple)
 _ARRAYS_AND_TUPLES = (list, tuple)
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _plain(value: object, arrays: type | tuple[type, ...] = list) -> bool:
     """Whether every dict inside ``value`` has ``str`` keys and every array is an ``arrays``.
 
-    A tuple is not an array a store can give back: it comes back as a list.
+    A tuple is not an array a store can give back: it comes back as a list. Runs on every
+    write of the user-filled parts, so scalars are skipped by their exact type first.
     """
-    if isinstance(value, dict):
-        for key, item in value.items():
+    kind = type(value)
+    if kind is dict or (kind not in _SCALARS and isinstance(value, dict)):
+        for key, item in value.items():  # type: ignore[attr-defined]
             if type(key) is not str:
                 return False
-            if isinstance(item, _CONTAINERS) and not _plain(item, arrays):
+            if type(item) not in _SCALARS and not _plain(item, arrays):
                 return False
-    elif isinstance(value, _CONTAINERS[1:]):
+        return True
+    if kind is list or (kind not in _SCALARS and isinstance(value, list | tuple)):
         if not isinstance(value, arrays):
             return False
-        for item in value:
-            if isinstance(item, _CONTAINERS) and not _plain(item, arrays):
+        for item in value:  # type: ignore[attr-defined]
+            if type(item) not in _SCALARS and not _plain(item, arrays):
                 return False
     return True
 
@@ -175,33 +180,30 @@ def normalise_json(value: object) -> Any:
     return _loads(storable_json(value, tuples=True))
 
 
-def _is_text(value: object) -> bool:
-    return value is None or type(value) is str
-
-
-def _step_is_plain(step: SagaStepRecord) -> bool:
-    """Whether a step's output has str keys only and its error texts are text."""
-    return (
-        _plain(step.output)
-        and _is_text(step.error)
-        and _is_text(step.compensation_error)
-        and all(type(text) is str for text in step.attempt_errors)
-    )
-
-
 def record_is_plain(record: SagaRecord) -> bool:
     """Whether the parts of ``record`` user code fills come back from a store unchanged.
 
     Data, metadata and outputs: ``str`` keys and lists (not tuples) at every depth; error
     texts: ``str``. JSON encoding alone would silently coerce the rest. A store that
     encodes a record its own way calls this besides encoding (``encode_record`` does).
+    Written out flat: it runs on every write.
     """
-    return (
-        _plain(record.data)
-        and _plain(record.metadata)
-        and all(_step_is_plain(step) for step in record.steps.values())
-        and _is_text(record.error)
-    )
+    if not (_plain(record.data) and _plain(record.metadata)):
+        return False
+    if record.error is not None and type(record.error) is not str:
+        return False
+    for step in record.steps.values():
+        if step.output and not _plain(step.output):
+            return False
+        error, undo_error = step.error, step.compensation_error
+        if (error is not None and type(error) is not str) or (
+            undo_error is not None and type(undo_error) is not str
+        ):
+            return False
+        for text in step.attempt_errors:
+            if type(text) is not str:
+                return False
+    return True
 
 
 def _storable(value: object) -> bool:

@@ -12,6 +12,7 @@ A step may return:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from hashlib import blake2b
 from typing import Any, Self, overload
 
 from lexigram.events._result import Err, Ok, Result
@@ -47,8 +48,24 @@ class SagaContext:
     metadata: dict[str, Any] = field(default_factory=dict)
     step_name: str | None = None
     attempt: int = 0
-    idempotency_key: str | None = None
     compensating: bool = False
+    # The key is made only when a step reads it (most never do): (step, visit, role).
+    _key_of: tuple[str, int, bool] | None = field(default=None, init=False, repr=False)
+    _key: str | None = field(default=None, init=False, repr=False)
+
+    @property
+    def idempotency_key(self) -> str | None:
+        """The idempotency key of the running step or compensation (see the class doc)."""
+        key = self._key
+        if key is None and self._key_of is not None:
+            step, visit, compensation = self._key_of
+            key = self._key = idempotency_key(self.saga_id, step, visit, compensation=compensation)
+        return key
+
+    def use_key(self, step_name: str, visit: int, *, compensation: bool) -> None:
+        """Give the context the key of ``step_name``'s visit (the engine calls this)."""
+        self._key_of = (step_name, visit, compensation)
+        self._key = None
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
@@ -131,6 +148,23 @@ class SagaStepResult:
             TypeError: ``error`` is not text or an exception.
         """
         return cls(success=False, error=error, retryable=retryable)  # type: ignore[arg-type]
+
+
+def idempotency_key(saga_id: str, step_name: str, visit: int, *, compensation: bool) -> str:
+    """The idempotency key of one visit of a step, or of its compensation.
+
+    ``"<saga_id>:<step>:<role>:<digest>"``: readable, and unique per saga, step, visit and
+    role whatever characters ids and names hold (the digest covers all four, so a step
+    named ``"charge:compensate"`` never shares a key with ``charge``'s compensation, nor a
+    saga ``"a:b"`` with saga ``"a"``). Stable across retries, resumes and processes.
+    """
+    role = "compensate" if compensation else "step"
+    if visit > 1:
+        role = f"{role}{visit}"
+    # Length-prefixed parts make the hashed text unambiguous whatever the names hold.
+    parts = f"{len(saga_id)}:{saga_id}|{len(step_name)}:{step_name}|{role}"
+    digest = blake2b(parts.encode("utf-8", "backslashreplace"), digest_size=10).hexdigest()
+    return f"{saga_id}:{step_name}:{role}:{digest}"
 
 
 def describe_error(exc: BaseException) -> str:

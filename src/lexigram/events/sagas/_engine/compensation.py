@@ -18,7 +18,6 @@ from lexigram.events.sagas._engine.announce import Announcer
 from lexigram.events.sagas._engine.attempt import attempt_once
 from lexigram.events.sagas._engine.backoff import retry_backoff
 from lexigram.events.sagas._engine.flow import FlowStep
-from lexigram.events.sagas._engine.rules import idempotency_key
 from lexigram.events.sagas._engine.run import BROKEN, SagaRun
 from lexigram.events.sagas._engine.writer import RecordWriter, describe_rejections
 from lexigram.events.sagas.config import SagaConfig
@@ -194,9 +193,7 @@ class Compensation:
         ctx = run.ctx
         ctx.step_name = node.name
         ctx.compensating = True
-        ctx.idempotency_key = idempotency_key(
-            run.record.saga_id, node.name, max(step.visits, 1), compensation=True
-        )
+        ctx.use_key(node.name, max(step.visits, 1), compensation=True)
         move_step(step, SagaStepStatus.COMPENSATING)
         task = run.task
         assert task is not None  # set when the run's task starts

@@ -44,7 +44,7 @@ from lexigram.events.sagas._engine.compensation import Compensation, poison_mess
 from lexigram.events.sagas._engine.deadlines import DeadlineTimer
 from lexigram.events.sagas._engine.flow import Flow, FlowStep
 from lexigram.events.sagas._engine.heartbeat import Heartbeat
-from lexigram.events.sagas._engine.rules import describe_error, idempotency_key
+from lexigram.events.sagas._engine.rules import describe_error
 from lexigram.events.sagas._engine.run import BROKEN, Interrupted, SagaRun, StopReason
 from lexigram.events.sagas._engine.steps import (
     check_child,
@@ -330,9 +330,7 @@ class Engine(Compensation):
         name = node.name
         ctx.step_name = name
         ctx.compensating = False
-        ctx.idempotency_key = idempotency_key(
-            run.record.saga_id, name, step.visits, compensation=False
-        )
+        ctx.use_key(name, step.visits, compensation=False)
         action = node.action
         assert action is not None  # validated at definition time
         non_retryable = self.config.non_retryable_exceptions

@@ -5,12 +5,15 @@ No event loop and no I/O here, so each rule can be tested on its own.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, NamedTuple
 
 from lexigram.events._result import Err, Ok
-from lexigram.events.sagas.codec import dumps_json
-from lexigram.events.sagas.context import SagaStepResult, describe_error, storable_text
+from lexigram.events.sagas.context import (
+    SagaStepResult,
+    describe_error,
+    idempotency_key,
+    storable_text,
+)
 from lexigram.events.sagas.types import FailureKind
 
 __all__ = ["AttemptOutcome", "describe_error", "idempotency_key", "interpret_result"]
@@ -88,19 +91,3 @@ def _wrong_type(step_name: str, what: str, value: object) -> AttemptOutcome:
         "SagaStepResult, Ok, Err, dict or None"
     )
     return AttemptOutcome(False, {}, error, False, "step_error")
-
-
-def idempotency_key(saga_id: str, step_name: str, visit: int, *, compensation: bool) -> str:
-    """The idempotency key of one visit of a step, or of its compensation.
-
-    ``"<saga_id>:<step>:<role>:<digest>"``: readable, and unique per saga, step, visit and
-    role whatever characters ids and names hold (the digest covers all four, so a step
-    named ``"charge:compensate"`` never shares a key with ``charge``'s compensation, nor a
-    saga ``"a:b"`` with saga ``"a"``). Stable across retries, resumes and processes.
-    """
-    role = "compensate" if compensation else "step"
-    if visit > 1:
-        role = f"{role}{visit}"
-    parts = dumps_json([saga_id, step_name, role]).encode("utf-8", "backslashreplace")
-    digest = hashlib.sha256(parts).hexdigest()
-    return f"{saga_id}:{step_name}:{role}:{digest[:20]}"

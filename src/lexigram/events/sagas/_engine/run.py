@@ -135,11 +135,15 @@ class SagaRun:
         return waiter
 
     def discard_waiter(self, waiter: asyncio.Future[SagaRecord | None]) -> None:
-        """Forget a waiter that stopped waiting (timed out or cancelled)."""
+        """Forget a waiter that stopped waiting (timed out or cancelled).
+
+        A waiter that got its result is already gone: ``finish`` empties the list.
+        """
         if not waiter.done():
             waiter.cancel()
-        with contextlib.suppress(ValueError):
-            self.waiters.remove(waiter)
+        if waiter.cancelled():  # a timeout or the caller's cancel: it stays in the list
+            with contextlib.suppress(ValueError):
+                self.waiters.remove(waiter)
 
     def finish(self, outcome: SagaRecord | None) -> None:
         """Wake every waiter with the durable terminal record, or ``None`` if the run stopped."""
