@@ -172,7 +172,7 @@ class SagaRuntime:
         flow = self._registry.flows.get(name) if isinstance(name, str) else None
         if flow is None:
             raise SagaNotFoundError.for_name(str(name))
-        if isinstance(data, Mapping) and not isinstance(data, dict):
+        if data is not None and type(data) is not dict and isinstance(data, Mapping):
             data = dict(data)  # MappingProxyType, ChainMap...: what start() stores is a dict
         payload = check_data(data)
         if saga_id is None:
