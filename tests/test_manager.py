@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any
 
 import pytest
 
-from lexigram.events import DomainEvent
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import SagaContext, SagaStepResult
 from lexigram.events.sagas.errors import (
@@ -23,7 +21,7 @@ from lexigram.events.sagas.errors import (
 from lexigram.events.sagas.manager import SagaManager, SagaManagerProtocol
 from lexigram.events.sagas.store import InMemorySagaStore
 from lexigram.events.sagas.testing import ManualClock
-from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepStatus
+from lexigram.events.sagas.types import SagaStatus, SagaStepStatus
 from tests.support.helpers import (
     WAIT,
     Fault,
@@ -33,6 +31,7 @@ from tests.support.helpers import (
     Tuning,
     blocking,
     manager_for,
+    progress,
     raise_each,
     returning,
     saga_class,
@@ -44,22 +43,6 @@ from tests.support.helpers import (
 FAST = SagaConfig(retry_delay_seconds=0)
 P = SagaStatus
 T = SagaStepStatus
-
-
-class OrderPlaced(DomainEvent):
-    order_id: str
-
-
-def progress(record: SagaRecord) -> tuple[Any, ...]:
-    """The parts of a record that recovery must never change when it refuses a saga."""
-    return (
-        record.status,
-        record.data,
-        record.step_statuses(),
-        record.current_step,
-        record.error,
-        record.completed_at,
-    )
 
 
 # --------------------------------------------------------------------------- construction

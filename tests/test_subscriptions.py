@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from lexigram.events import DomainEvent, InMemoryEventBus
+from lexigram.events import InMemoryEventBus
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.errors import (
     SagaError,
     SagaNotFoundError,
 )
-from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepStatus
+from lexigram.events.sagas.types import SagaStatus, SagaStepStatus
 from tests.support.helpers import (
     WAIT,
+    OrderPlaced,
     Script,
     manager_for,
     settle,
@@ -23,22 +22,6 @@ from tests.support.helpers import (
 FAST = SagaConfig(retry_delay_seconds=0)
 P = SagaStatus
 T = SagaStepStatus
-
-
-class OrderPlaced(DomainEvent):
-    order_id: str
-
-
-def progress(record: SagaRecord) -> tuple[Any, ...]:
-    """The parts of a record that recovery must never change when it refuses a saga."""
-    return (
-        record.status,
-        record.data,
-        record.step_statuses(),
-        record.current_step,
-        record.error,
-        record.completed_at,
-    )
 
 
 # --------------------------------------------------------------------------- start_on

@@ -19,12 +19,6 @@ P = SagaStatus
 T = SagaStepStatus
 
 
-def failing_c(script: Script) -> Script:
-    """Make step c of ``script`` return a business failure."""
-    script.behaviours["c"] = returning(SagaStepResult.fail("declined"))
-    return script
-
-
 # --------------------------------------------------------------------------- return values
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from lexigram.events.sagas.config import SagaConfig
-from lexigram.events.sagas.context import SagaStepResult
 from lexigram.events.sagas.store import InMemorySagaStore
 from lexigram.events.sagas.testing import ManualClock
 from lexigram.events.sagas.types import SagaStatus, SagaStepStatus
@@ -16,19 +15,13 @@ from tests.support.helpers import (
     await_crash,
     blocking,
     crash_first,
+    failing_c,
     manager_for,
-    returning,
 )
 
 FAST = SagaConfig(retry_delay_seconds=0)
 P = SagaStatus
 T = SagaStepStatus
-
-
-def failing_c(script: Script) -> Script:
-    """Make step c of ``script`` return a business failure."""
-    script.behaviours["c"] = returning(SagaStepResult.fail("declined"))
-    return script
 
 
 # --------------------------------------------------------------------------- the saga deadline

@@ -29,6 +29,7 @@ from tests.support.helpers import (
     Script,
     Tuning,
     blocking,
+    failing_c,
     manager_for,
     raise_each,
     returning,
@@ -39,12 +40,6 @@ from tests.support.helpers import (
 FAST = SagaConfig(retry_delay_seconds=0)
 P = SagaStatus
 T = SagaStepStatus
-
-
-def failing_c(script: Script) -> Script:
-    """Make step c of ``script`` return a business failure."""
-    script.behaviours["c"] = returning(SagaStepResult.fail("declined"))
-    return script
 
 
 # --------------------------------------------------------------------------- persistence points

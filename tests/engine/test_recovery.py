@@ -7,9 +7,7 @@ from typing import Any
 
 import pytest
 
-from lexigram.events import DomainEvent
 from lexigram.events.sagas.config import SagaConfig
-from lexigram.events.sagas.context import SagaStepResult
 from lexigram.events.sagas.errors import (
     SagaDefinitionError,
     SagaNotFoundError,
@@ -31,11 +29,12 @@ from tests.support.helpers import (
     check_at_least_once,
     crash_and_recover,
     crash_first,
+    failing_c,
     finish_run,
     manager_for,
     outcome,
+    progress,
     reference,
-    returning,
     seed_record,
     settle,
     stored,
@@ -44,12 +43,6 @@ from tests.support.helpers import (
 FAST = SagaConfig(retry_delay_seconds=0)
 P = SagaStatus
 T = SagaStepStatus
-
-
-def failing_c(script: Script) -> Script:
-    """Make step c of ``script`` return a business failure."""
-    script.behaviours["c"] = returning(SagaStepResult.fail("declined"))
-    return script
 
 
 # --------------------------------------------------------------------------- crashes
@@ -248,22 +241,6 @@ async def test_progress_resets_the_recovery_count() -> None:
     assert takeovers == 2
     for manager in [first, *managers]:
         await manager.close()
-
-
-class OrderPlaced(DomainEvent):
-    order_id: str
-
-
-def progress(record: SagaRecord) -> tuple[Any, ...]:
-    """The parts of a record that recovery must never change when it refuses a saga."""
-    return (
-        record.status,
-        record.data,
-        record.step_statuses(),
-        record.current_step,
-        record.error,
-        record.completed_at,
-    )
 
 
 # --------------------------------------------------------------------------- recover

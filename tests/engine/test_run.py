@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 
 from lexigram.events.sagas.config import SagaConfig
-from lexigram.events.sagas.context import SagaContext, SagaStepResult
+from lexigram.events.sagas.context import SagaContext
 from lexigram.events.sagas.store import InMemorySagaStore
 from lexigram.events.sagas.types import SagaStatus, SagaStepStatus
 from tests.support.helpers import (
     Script,
     StuckStep,
     manager_for,
-    returning,
     settle,
     stored,
 )
@@ -20,12 +19,6 @@ from tests.support.helpers import (
 FAST = SagaConfig(retry_delay_seconds=0)
 P = SagaStatus
 T = SagaStepStatus
-
-
-def failing_c(script: Script) -> Script:
-    """Make step c of ``script`` return a business failure."""
-    script.behaviours["c"] = returning(SagaStepResult.fail("declined"))
-    return script
 
 
 # --------------------------------------------------------------------------- cancellation

@@ -28,9 +28,9 @@ from tests.support.helpers import (
     Tuning,
     await_crash,
     blocking,
+    failing_c,
     manager_for,
     raise_each,
-    returning,
 )
 
 FAST = SagaConfig(retry_delay_seconds=0)
@@ -233,12 +233,6 @@ async def test_no_write_is_skipped_after_a_refusal(store: SagaStore) -> None:
     fresh = SagaManager(store, config=FAST)
     assert await fresh.recover() == 0  # nothing left running under an old lease
     await fresh.close()
-
-
-def failing_c(script: Script) -> Script:
-    """Make step c of ``script`` return a business failure."""
-    script.behaviours["c"] = returning(SagaStepResult.fail("declined"))
-    return script
 
 
 # --------------------------------------------------------------------------- store outages

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from lexigram.events import DomainEvent
 from lexigram.events.sagas.base import SagaBase, saga_step
 from lexigram.events.sagas.config import SagaConfig
-from lexigram.events.sagas.context import SagaContext
+from lexigram.events.sagas.context import SagaContext, SagaStepResult
 from lexigram.events.sagas.manager import SagaManager
 from lexigram.events.sagas.store import InMemorySagaStore, SagaStore
 from lexigram.events.sagas.testing import FaultyStore, SimulatedCrash, StoreCall
@@ -441,3 +442,28 @@ def check_at_least_once(crashed: Crashed) -> None:
             assert crashed.script.count(name) == step.attempts, (name, calls)
         if step.status is SagaStepStatus.COMPENSATED:
             assert crashed.script.undone().count(name) == step.compensation_attempts, (name, calls)
+
+
+# --------------------------------------------------------------------------- shared by test modules
+
+
+def progress(record: SagaRecord) -> tuple[Any, ...]:
+    """The parts of a record that recovery must never change when it refuses a saga."""
+    return (
+        record.status,
+        record.data,
+        record.step_statuses(),
+        record.current_step,
+        record.error,
+        record.completed_at,
+    )
+
+
+class OrderPlaced(DomainEvent):
+    order_id: str
+
+
+def failing_c(script: Script) -> Script:
+    """Make step c of ``script`` return a business failure."""
+    script.behaviours["c"] = returning(SagaStepResult.fail("declined"))
+    return script
