@@ -200,7 +200,7 @@ class InMemorySagaStore:
 
         Raises:
             TypeError: ``limit`` is not an int.
-            ValueError: ``limit`` is negative.
+            ValueError: ``limit`` is negative or above ``config.MAX_LIST_LIMIT``.
         """
         return self._select(saga_name, status, check_list_limit(limit))
 

@@ -251,7 +251,7 @@ class PostgresSagaStore:
 
         Raises:
             TypeError: ``limit`` is not an int.
-            ValueError: ``limit`` is negative.
+            ValueError: ``limit`` is negative or above ``config.MAX_LIST_LIMIT``.
         """
         return await self._list(saga_name, status, check_list_limit(limit))
 

@@ -243,7 +243,7 @@ class SQLiteSagaStore:
 
         Raises:
             TypeError: ``limit`` is not an int.
-            ValueError: ``limit`` is negative.
+            ValueError: ``limit`` is negative or above ``config.MAX_LIST_LIMIT``.
         """
         if check_list_limit(limit) == 0:
             return []
