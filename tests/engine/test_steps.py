@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from lexigram.events.sagas._engine.flow import Flow, FlowStep, RetryPolicy
 from lexigram.events.sagas._engine.run import SagaRun
-from lexigram.events.sagas._engine.steps import enter_step, fail_in_flight, fail_step, next_step
+from lexigram.events.sagas._engine.steps import (
+    ENTERABLE,
+    enter_step,
+    fail_in_flight,
+    fail_step,
+    next_step,
+)
 from lexigram.events.sagas.context import SagaContext
-from lexigram.events.sagas.types import SagaRecord, SagaStepStatus
+from lexigram.events.sagas.types import SagaRecord, SagaStepStatus, can_transition_step
 
 NOW = datetime(2026, 1, 2, tzinfo=UTC)
 POLICY = RetryPolicy(max_retries=0, retry_delay=0, timeout=None)
@@ -95,3 +103,23 @@ def test_a_transition_that_raises_is_reported() -> None:
     run = run_of(node("a", choose))
     _, error = next_step(run, run.flow.steps["a"])
     assert "after step 'a' raised KeyError" in error
+
+
+def test_the_written_out_moves_are_the_ones_the_table_allows() -> None:
+    """Statuses set without ``move_step`` are exactly the ones the table allows.
+
+    ``enter_step`` and a completing attempt write the status out (the hot path).
+    """
+    assert {s for s in SagaStepStatus if can_transition_step(s, SagaStepStatus.RUNNING)} == (
+        ENTERABLE
+    )
+    assert can_transition_step(SagaStepStatus.RUNNING, SagaStepStatus.COMPLETED)
+
+
+def test_entering_a_compensated_step_is_refused() -> None:
+    """A step already compensated cannot start a new visit (the table forbids it)."""
+    run = run_of(node("a"))
+    step = enter_step(run, node("a"), NOW)
+    step.status = SagaStepStatus.COMPENSATED
+    with pytest.raises(ValueError, match="cannot move from compensated to running"):
+        enter_step(run, node("a"), NOW)

@@ -92,9 +92,8 @@ class SagaRuntime:
         # Calls that may launch a run (start, cancel, resume, recover) in progress: close()
         # waits for them, so a saga they store or claim is launched, then stopped with the
         # rest, never left under this worker's lease.
-        self._launching = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._launching = 0  # calls storing or claiming a saga to launch (close() waits)
+        self._idle: asyncio.Future[None] | None = None  # set when they are done, if awaited
         self._closed = False
         self._engine = Engine(
             self._store,
@@ -184,6 +183,7 @@ class SagaRuntime:
         if correlation_id is not None and not isinstance(correlation_id, str):
             raise SagaDataError("correlation_id must be a str")
         now = self._clock()
+        engine = self._engine
         record = SagaRecord(
             saga_id=saga_id,
             saga_name=name,
@@ -193,13 +193,14 @@ class SagaRuntime:
             metadata={"correlation_id": correlation_id or saga_id},
             deadline_at=now + self._timeout_delta,
             current_step=flow.entry,
+            lease_owner=engine.worker_id,  # held by this worker from the first write
+            lease_id=engine.lease_id,
+            lease_expires_at=now + engine.lease.length,
         )
-        engine = self._engine
-        engine.lease.hold(record, engine.worker_id, engine.lease_id, now)
         # close() waits for the starts in progress: a saga stored here is launched before
         # the shutdown stops it, so none is left behind under this worker's lease.
         self._starting.add(saga_id)
-        self._begin_launch()
+        self._launching += 1  # _begin_launch(), written out: this is the hot path
         try:
             try:
                 await self._store.save(record)
@@ -210,7 +211,9 @@ class SagaRuntime:
                 self._starting.discard(saga_id)
             engine.launch(record, flow, deadline_in=self._config.default_timeout_seconds)
         finally:
-            self._end_launch()
+            self._launching -= 1
+            if self._idle is not None:  # close() is waiting
+                self._wake_close()
         return saga_id
 
     async def _adopt(self, saga_id: str) -> None:
@@ -264,7 +267,8 @@ class SagaRuntime:
                 except TimeoutError:
                     raise self._wait_timeout(saga_id, timeout) from None
                 finally:
-                    run.discard_waiter(waiter)  # a waiter that gave up holds nothing
+                    if waiter.cancelled() or not waiter.done():
+                        run.discard_waiter(waiter)  # a waiter that gave up holds nothing
                 if final is not None:
                     return final
             record = await self._store.load(saga_id)
@@ -444,12 +448,15 @@ class SagaRuntime:
 
     def _begin_launch(self) -> None:
         self._launching += 1
-        self._idle.clear()
 
     def _end_launch(self) -> None:
         self._launching -= 1
-        if not self._launching:
-            self._idle.set()
+        self._wake_close()
+
+    def _wake_close(self) -> None:
+        """Let a waiting ``close()`` go on once no call is launching a saga."""
+        if not self._launching and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -464,7 +471,9 @@ class SagaRuntime:
         if self._closed:
             return
         self._closed = True
-        await self._idle.wait()  # calls already storing or claiming a saga launch it first
+        if self._launching:  # calls already storing or claiming a saga launch it first
+            self._idle = asyncio.get_running_loop().create_future()
+            await self._idle
         if self._subscriptions is not None:
             self._subscriptions.clear()
         engine = self._engine

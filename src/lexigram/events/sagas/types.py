@@ -115,7 +115,9 @@ def can_transition_step(current: SagaStepStatus, new: SagaStepStatus) -> bool:
 def move_saga(record: SagaRecord, new: SagaStatus) -> None:
     """Set ``record.status`` to ``new``, checking the transition table.
 
-    Every status change the engine makes goes through here.
+    Every status change the engine makes goes through here or :func:`move_step`, except
+    two on its hot path, written out after the same check: starting a step's visit and
+    completing the running step (``tests/engine/test_steps.py`` holds them to the table).
 
     Raises:
         ValueError: the table does not allow the move (a bug, never a user error).

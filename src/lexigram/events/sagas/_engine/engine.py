@@ -171,7 +171,6 @@ class Engine(Compensation):
                 deadline_in = (record.deadline_at - self.clock()).total_seconds()
             self._deadlines.add(loop, deadline_in, run)
         run.task = loop.create_task(self._run(run), name=f"saga:{record.saga_id}")
-        run.task.add_done_callback(_collect)
         self._heartbeat.ensure(loop)
         return run
 
@@ -220,6 +219,12 @@ class Engine(Compensation):
             # so any worker can recover it, and say why.
             logger.exception("saga %s could not continue", record.saga_id, extra=run.log_extra())
             release = True
+        except BaseException:
+            # The process is going down inside this task (SystemExit, a simulated crash):
+            # read the task's exception once it ends (rare, so no callback on every run).
+            if run.task is not None:
+                run.task.add_done_callback(_collect)
+            raise
         finally:
             # Released before it leaves ``runs``: a saga this worker holds is always either
             # running here or free (recovery relies on it to spot stranded sagas).
@@ -300,7 +305,10 @@ class Engine(Compensation):
             else:
                 failure = await self._run_step(run, node, run.ctx, task)
             if failure is None:
-                nxt, problem = next_step(run, node)
+                nxt = node.next
+                problem = ""
+                if nxt is not None and type(nxt) is not str:  # a transition function
+                    nxt, problem = next_step(run, node)
                 if problem:
                     # The step's action completed (it stays COMPLETED and is compensated);
                     # the flow cannot go on from it.
@@ -344,7 +352,7 @@ class Engine(Compensation):
             if ctx is not run.ctx:  # a parallel child: what it stored is checked as its own
                 outcome = check_child(run, ctx, outcome)
             if outcome.ok:
-                move_step(step, _COMPLETED)
+                step.status = _COMPLETED  # RUNNING -> COMPLETED (entered above): allowed
                 step.output = outcome.output
                 step.completed_at = self.clock()
                 step.completion_seq = run.seq

@@ -52,21 +52,25 @@ class AttemptOutcome(NamedTuple):
         return AttemptOutcome(False, {}, error, retryable, kind)
 
 
+_new = tuple.__new__
+
+
 def interpret_result(raw: object, step_name: str) -> AttemptOutcome:
     """Turn whatever a step returned into an :class:`AttemptOutcome`."""
+    # tuple.__new__ builds the NamedTuple without its Python-level __new__ (hot path).
     if raw is None:
-        return AttemptOutcome(True, {}, "", False, None)
+        return _new(AttemptOutcome, (True, {}, "", False, None))
     if isinstance(raw, SagaStepResult):
         if raw.success:
             output: object = raw.output  # typed as a dict, but callers may pass anything
             if isinstance(output, dict):
-                return AttemptOutcome(True, output, "", False, None)
+                return _new(AttemptOutcome, (True, output, "", False, None))
             return _wrong_type(step_name, "SagaStepResult.output", output)
         error: object = raw.error
         text = storable_text(error) if isinstance(error, str) else "step reported failure"
-        return AttemptOutcome(False, {}, text, raw.retryable, "step_failed")
+        return _new(AttemptOutcome, (False, {}, text, raw.retryable, "step_failed"))
     if isinstance(raw, dict):
-        return AttemptOutcome(True, raw, "", False, None)
+        return _new(AttemptOutcome, (True, raw, "", False, None))
     if isinstance(raw, Ok):
         value = raw.value
         if value is None:

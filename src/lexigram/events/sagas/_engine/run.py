@@ -98,20 +98,19 @@ class SagaRun:
         # Events waiting for the write that makes what they announce durable (only with
         # an event bus): published right after that write lands.
         self.outbox: list[SagaEvent] = []
-        self.seq = 1 + max(
-            (s.completion_seq for s in record.steps.values() if s.completion_seq is not None),
-            default=0,
-        )
+        steps = record.steps
+        self.seq = 1
+        results: dict[str, dict[str, Any]] = {}
+        if steps:  # a saga taken over or resumed (a fresh one has none)
+            self.seq += max(
+                (s.completion_seq for s in steps.values() if s.completion_seq is not None),
+                default=0,
+            )
+            results = {
+                name: step.output for name, step in steps.items() if step.completion_seq is not None
+            }
         self.ctx = SagaContext(
-            record.saga_id,
-            record.saga_name,
-            record.data,
-            {
-                name: step.output
-                for name, step in record.steps.items()
-                if step.completion_seq is not None
-            },
-            record.metadata,
+            record.saga_id, record.saga_name, record.data, results, record.metadata
         )
 
     def log_extra(self, step: str | None = None, attempt: int | None = None) -> dict[str, Any]:

@@ -13,13 +13,21 @@ from lexigram.events.sagas._engine.rules import AttemptOutcome, describe_error
 from lexigram.events.sagas._engine.run import SagaRun
 from lexigram.events.sagas.codec import storable_json
 from lexigram.events.sagas.context import SagaContext
-from lexigram.events.sagas.types import SagaStepRecord, SagaStepStatus, move_step
+from lexigram.events.sagas.types import (
+    SagaStepRecord,
+    SagaStepStatus,
+    can_transition_step,
+    move_step,
+)
 
-__all__ = ["check_child", "enter_step", "fail_in_flight", "fail_step", "next_step"]
+__all__ = ["ENTERABLE", "check_child", "enter_step", "fail_in_flight", "fail_step", "next_step"]
 
 _RUNNING = SagaStepStatus.RUNNING
 _COMPLETED = SagaStepStatus.COMPLETED
 _FAILED = SagaStepStatus.FAILED
+
+ENTERABLE = frozenset(s for s in SagaStepStatus if can_transition_step(s, _RUNNING))
+"""The step statuses from which a new visit may start (the transition table's say)."""
 
 
 def enter_step(run: SagaRun, node: FlowStep, now: datetime) -> SagaStepRecord:
@@ -28,8 +36,11 @@ def enter_step(run: SagaRun, node: FlowStep, now: datetime) -> SagaStepRecord:
     step = record.steps.get(node.name)
     if step is None:
         step = record.steps[node.name] = SagaStepRecord(node.name, parent=node.parent)
-    if step.status is not _RUNNING or step.visits == 0:
-        move_step(step, _RUNNING)
+    current = step.status
+    if current is not _RUNNING or step.visits == 0:
+        if current not in ENTERABLE:
+            move_step(step, _RUNNING)  # raises: the table does not allow it
+        step.status = _RUNNING  # checked above against the table, without a call
         step.visits += 1
         step.attempts = 0
         step.attempt_errors = []

@@ -72,6 +72,7 @@ class RecordWriter:
         self.config = config
         self.clock = clock
         self.lease = lease
+        self._lease_length = lease.length
         self._sleep = sleep
         self._publish = publish
 
@@ -103,7 +104,7 @@ class RecordWriter:
         record.recovery_attempts = 0
         unfinished = None
         if finish is None:
-            record.lease_expires_at = self.lease.expiry(now)
+            record.lease_expires_at = now + self._lease_length
         else:
             unfinished = finish_saga(record, finish, now)
         # The events queued so far announce what this write stores; events queued while it
