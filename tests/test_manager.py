@@ -492,18 +492,31 @@ async def test_cancel_unknown_id_raises_not_found() -> None:
     await manager.close()
 
 
-async def test_cancel_takes_over_a_saga_no_worker_runs() -> None:
-    """Cancelling a stored saga that no live worker holds compensates it here."""
+async def test_cancel_of_a_saga_no_worker_runs_is_stored_for_a_worker() -> None:
+    """A client's cancel of a free saga stores the request; the next worker compensates it.
+
+    The client runs nothing (SPEC section 11): the worker claiming the saga sees the
+    request and compensates instead of going on.
+    """
     store = InMemorySagaStore()
     await store.save(seed_record("s-1", "scripted", done=["a"], current="b"))
     script = Script()
-    manager = manager_for(script, store=store, config=FAST)
-    record = await manager.cancel("s-1", reason="abandoned")
+    client = manager_for(script, store=store, config=FAST)
+    asked = await client.cancel("s-1", reason="abandoned")
+    assert asked.status is P.RUNNING
+    assert (asked.cancel_reason, asked.lease_owner) == ("abandoned", None)
+    assert script.undone() == []  # nothing ran in the client
+    worker = manager_for(script, store=store, config=FAST)
+    assert await worker.recover() == 1
+    record = await worker.wait("s-1", timeout=5)
     assert record.status is P.COMPENSATED
     assert "abandoned" in (record.error or "")
+    assert record.failure is not None
+    assert record.failure.kind == "cancelled"
     assert script.actions() == []
     assert script.undone() == ["a"]
-    await manager.close()
+    await client.close()
+    await worker.close()
 
 
 # --------------------------------------------------------------------------- resume

@@ -104,6 +104,9 @@ async def test_every_method_goes_through_forward() -> None:
     await wrapper.claim("w", "l", lease_seconds=30, saga_names=["orders"], saga_id="s-1")
     await wrapper.renew("w", "l", ["s-1"], lease_seconds=30)
     await wrapper.release("s-1", "w", "l")
+    await wrapper.request_cancel("s-1", "why")
+    await wrapper.cancel_requests("w", "l")
+    await wrapper.wait_for_work(0.01)
     await wrapper.delete_terminal(before=BASE_TIME, limit=7)
     await wrapper.delete("s-1")
     await wrapper.close()
@@ -115,6 +118,9 @@ async def test_every_method_goes_through_forward() -> None:
         "claim",
         "renew",
         "release",
+        "request_cancel",
+        "cancel_requests",
+        "wait_for_work",
         "delete_terminal",
         "delete",
         "close",
@@ -128,6 +134,7 @@ async def test_every_method_goes_through_forward() -> None:
         "lease_seconds": 30,
         "saga_names": ["orders"],
         "limit": 100,
+        "exclude": (),
         "saga_id": "s-1",
     }
     assert by_method["release"] == {"saga_id": "s-1", "owner": "w", "lease_id": "l"}

@@ -6,7 +6,9 @@ conformance suite in ``lexigram.events.sagas.testing.contract``.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import contextlib
 import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -62,6 +64,8 @@ _NAME, _STATUS, _VERSION = _AT["saga_name"], _AT["status"], _AT["version"]
 _CREATED, _COMPLETED = _AT["created_at"], _AT["completed_at"]
 _OWNER, _LEASE_ID, _EXPIRES = _AT["lease_owner"], _AT["lease_id"], _AT["lease_expires_at"]
 _FAILURE = _AT["failure"]
+_NOT_BEFORE = _AT["not_before"]
+_CANCEL_AT, _CANCEL_REASON = _AT["cancel_requested_at"], _AT["cancel_reason"]
 
 
 @dataclass(slots=True)
@@ -135,7 +139,7 @@ def _utf8_failure(failure: SagaFailure) -> bool:
                 text.encode()
             except UnicodeEncodeError:
                 return False
-    return True
+    return failure.cause is None or _utf8_failure(failure.cause)
 
 
 def _utc_now() -> datetime:
@@ -157,6 +161,7 @@ class InMemorySagaStore:
     def __init__(self, *, clock: Callable[[], datetime] = _utc_now) -> None:
         self._rows: dict[str, _Row] = {}
         self._clock = clock
+        self._sleepers: builtins.list[asyncio.Future[None]] = []  # wait_for_work() calls
         self.writes = 0
         """How many writes succeeded (saves, claims, releases): a cheap probe for tests."""
 
@@ -171,7 +176,13 @@ class InMemorySagaStore:
                 actual_version=None if current is None else stored_version,
             )
         row = _Row.of(record)
-        row.fields[_VERSION] = record.version = stored_version + 1
+        fields = row.fields
+        if current is not None:  # a cancel request is the store's: a save keeps it
+            fields[_CANCEL_AT] = current.fields[_CANCEL_AT]
+            fields[_CANCEL_REASON] = current.fields[_CANCEL_REASON]
+        elif record.lease_owner is None and self._sleepers:
+            self._wake()  # enqueued: no one holds it
+        fields[_VERSION] = record.version = stored_version + 1
         self._rows[record.saga_id] = row
         self.writes += 1
 
@@ -242,15 +253,18 @@ class InMemorySagaStore:
         saga_names: Collection[str],
         limit: int = 100,
         saga_id: str | None = None,
+        exclude: Collection[str] = (),
     ) -> builtins.list[SagaRecord]:
         """Atomically take up to ``limit`` claimable sagas of ``saga_names``, oldest first."""
         now = self._clock()
         names = set(saga_names)
         ids = [saga_id] if saga_id is not None else builtins.list(self._rows)
+        passed_over = set(exclude)
         candidates = sorted(
-            (row.fields[_CREATED] or EPOCH, key)
+            (row.fields[_NOT_BEFORE] or row.fields[_CREATED] or EPOCH, key)
             for key in ids
             if (row := self._rows.get(key)) is not None
+            and key not in passed_over
             and row.fields[_NAME] in names
             and is_claimable(
                 row.fields[_STATUS],
@@ -260,6 +274,7 @@ class InMemorySagaStore:
                 owner=owner,
                 claimer_lease_id=lease_id,
                 now=now,
+                not_before=row.fields[_NOT_BEFORE],
             )
         )
         claimed: builtins.list[SagaRecord] = []
@@ -321,7 +336,52 @@ class InMemorySagaStore:
         fields[_OWNER] = fields[_LEASE_ID] = fields[_EXPIRES] = None
         fields[_VERSION] += 1
         self.writes += 1
+        self._wake()
         return True
+
+    async def request_cancel(self, saga_id: str, reason: str) -> SagaRecord | None:
+        """Store a cancel request on a live saga without one; return the saga's record."""
+        row = self._rows.get(saga_id)
+        if row is None:
+            return None
+        fields = row.fields
+        if fields[_STATUS] not in TERMINAL_SAGA_STATUSES and fields[_CANCEL_AT] is None:
+            fields[_CANCEL_AT] = self._clock()
+            fields[_CANCEL_REASON] = reason
+            self.writes += 1
+            self._wake()
+        return row.record(saga_id)
+
+    async def cancel_requests(self, owner: str, lease_id: str) -> dict[str, str]:
+        """The live sagas ``owner``/``lease_id`` holds that were asked to cancel."""
+        return {
+            saga_id: fields[_CANCEL_REASON] or ""
+            for saga_id, row in self._rows.items()
+            if (fields := row.fields)[_CANCEL_AT] is not None
+            and fields[_OWNER] == owner
+            and fields[_LEASE_ID] == lease_id
+            and fields[_STATUS] not in TERMINAL_SAGA_STATUSES
+        }
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Wait for an enqueue, a release or a cancel request here, or ``timeout``."""
+        sleeper: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sleepers.append(sleeper)
+        try:
+            async with asyncio.timeout(timeout):
+                await sleeper
+        except TimeoutError:
+            return False
+        finally:
+            with contextlib.suppress(ValueError):
+                self._sleepers.remove(sleeper)
+        return True
+
+    def _wake(self) -> None:
+        sleepers, self._sleepers = self._sleepers, []
+        for sleeper in sleepers:
+            if not sleeper.done():
+                sleeper.set_result(None)
 
     async def delete_terminal(self, *, before: datetime, limit: int = 1000) -> int:
         """Delete up to ``limit`` terminal sagas completed before ``before``; return how many."""

@@ -25,12 +25,13 @@ from lexigram.events.sagas._engine.flow import Flow
 from lexigram.events.sagas._engine.recovery import Recovery, RecoveryProblem
 from lexigram.events.sagas._logging import log_fields
 from lexigram.events.sagas._registry import Registry
+from lexigram.events.sagas._service import ServiceAPI, check_new
 from lexigram.events.sagas._subscriptions import Subscriptions, starter
-from lexigram.events.sagas.codec import MAX_SAGA_ID_LENGTH, check_data, check_saga_id
+from lexigram.events.sagas.codec import MAX_SAGA_ID_LENGTH
 from lexigram.events.sagas.config import SagaConfig, check_list_limit
+from lexigram.events.sagas.context import storable_text
 from lexigram.events.sagas.errors import (
     ConcurrencyConflictError,
-    SagaDataError,
     SagaError,
     SagaNotFoundError,
     SagaTimeoutError,
@@ -51,8 +52,11 @@ def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class SagaRuntime:
+class SagaRuntime(ServiceAPI):
     """Runs registered sagas in this process, as one worker sharing a store with others.
+
+    A runtime is a client (``enqueue``, ``cancel``, ``retry``, ``get``, ``wait``), a
+    worker (``serve``), or both; ``start`` stores a saga and runs it here at once.
 
     Args:
         store: Where saga state lives; a fresh ``InMemorySagaStore`` when omitted.
@@ -143,9 +147,9 @@ class SagaRuntime:
         """Return the compiled definition registered under ``saga_name``."""
         return self._registry.get(saga_name)
 
-    def _add_flow(self, flow: Flow, source: object) -> None:
+    def _add_flow(self, flow: Flow, source: object, max_concurrency: int | None = None) -> None:
         """Register a compiled flow (front-ends call this)."""
-        self._registry.add(flow, source)
+        self._registry.add(flow, source, max_concurrency)
 
     # ------------------------------------------------------------------ starting and waiting
 
@@ -168,20 +172,9 @@ class SagaRuntime:
             SagaError: the manager is closed (or closing).
         """
         self._check_open()
-        flow = self._registry.flows.get(name) if isinstance(name, str) else None
-        if flow is None:
-            raise SagaNotFoundError.for_name(str(name))
-        if data is not None and type(data) is not dict and isinstance(data, Mapping):
-            data = dict(data)  # MappingProxyType, ChainMap...: what start() stores is a dict
-        payload = check_data(data)
-        if saga_id is None:
-            saga_id = str(uuid.uuid4())
-        else:
-            saga_id = check_saga_id(saga_id)
-            if saga_id in self._engine.runs or saga_id in self._starting:
-                return saga_id  # already running (or being stored) here
-        if correlation_id is not None and not isinstance(correlation_id, str):
-            raise SagaDataError("correlation_id must be a str")
+        flow, payload, saga_id = check_new(self._registry, name, data, saga_id, correlation_id)
+        if saga_id in self._engine.runs or saga_id in self._starting:
+            return saga_id  # already running (or being stored) here
         now = self._clock()
         engine = self._engine
         record = SagaRecord(
@@ -330,32 +323,39 @@ class SagaRuntime:
     # ------------------------------------------------------------------ control
 
     async def cancel(self, saga_id: str, *, reason: str = "cancelled by request") -> SagaRecord:
-        """Stop the saga's running step, compensate, and return the terminal record.
+        """Cancel the saga, from any process; return its record.
 
-        A no-op on a terminal saga. A saga no live worker runs is taken over here.
+        When this manager runs the saga, its step is stopped, the completed steps are
+        compensated and the terminal record is returned. Otherwise the request is stored
+        (it survives restarts) and the stored record is returned at once, with
+        ``cancel_requested_at`` set: the worker holding the saga stops it within one
+        heartbeat (at once where the store signals it), and a saga nobody holds is
+        compensated by the next worker that claims it (``serve``, ``recover``). ``wait()``
+        gives the outcome. A no-op on a terminal saga.
 
         Raises:
-            SagaNotFoundError: no saga has this id, or its name is not registered here.
-            SagaLeaseError: another live worker runs the saga (cancel it there).
-            SagaDefinitionError: the registered definition no longer matches its progress.
+            SagaNotFoundError: no saga has this id.
+            TypeError: ``reason`` is not a str.
         """
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, got {type(reason).__name__}")
+        reason = storable_text(reason)
         run = self._engine.runs.get(saga_id)
         if run is not None:
             run.stop(StopReason.CANCEL, reason)
             return await self.wait(saga_id)
         self._check_open()
-        self._begin_launch()
-        try:
-            record = await self._store.load(saga_id)
-            if record is None:
-                raise SagaNotFoundError.for_id(saga_id)
-            if record.is_terminal:
-                return record
-            claimed, flow = await self._recovery.take_over(record)
-            self._engine.launch(claimed, flow, stop=(StopReason.CANCEL, reason))
-        finally:
-            self._end_launch()
-        return await self.wait(saga_id)
+        record = await self._store.request_cancel(saga_id, reason)
+        if record is None:
+            raise SagaNotFoundError.for_id(saga_id)
+        if not record.is_terminal:
+            logger.info(
+                "saga %s: cancel requested (%s)",
+                saga_id,
+                reason,
+                extra=log_fields(saga_id=saga_id, saga_name=record.saga_name),
+            )
+        return record
 
     async def resume(self, saga_id: str) -> None:
         """Run a non-terminal saga from its last durable point in this worker.
@@ -476,6 +476,11 @@ class SagaRuntime:
             await self._idle
         if self._subscriptions is not None:
             self._subscriptions.clear()
+        await self._drain()
+        await self._engine.close()
+
+    async def _drain(self) -> None:
+        """Wait up to ``shutdown_timeout`` for the runs here; stop (and release) the rest."""
         engine = self._engine
         tasks = {run.task for run in engine.runs.values() if run.task is not None}
         if tasks:
@@ -484,7 +489,6 @@ class SagaRuntime:
                 for run in builtins.list(engine.runs.values()):
                     run.stop(StopReason.SHUTDOWN, "worker shutting down")
                 await asyncio.wait(pending)
-        await engine.close()
 
     async def __aenter__(self) -> Self:
         return self

@@ -144,13 +144,20 @@ def dump_record(record: SagaRecord) -> dict[str, Any]:
         "previous_owner": record.previous_owner,
         "recovery_attempts": record.recovery_attempts,
         "failure": _failure_to_json(record.failure),
+        "not_before": format_time(record.not_before),
+        "cancel_requested_at": format_time(record.cancel_requested_at),
+        "cancel_reason": record.cancel_reason,
+        "redrives": record.redrives,
     }
 
 
 def _failure_to_json(failure: SagaFailure | None) -> dict[str, Any] | None:
     if failure is None:
         return None
-    return {"kind": failure.kind, "step": failure.step, "message": failure.message}
+    doc: dict[str, Any] = {"kind": failure.kind, "step": failure.step, "message": failure.message}
+    if failure.cause is not None:  # absent, not null, when there is none (older documents)
+        doc["cause"] = _failure_to_json(failure.cause)
+    return doc
 
 
 def _failure_from_json(raw: object, saga_id: str) -> SagaFailure | None:
@@ -165,7 +172,8 @@ def _failure_from_json(raw: object, saga_id: str) -> SagaFailure | None:
         raise CorruptRecordError(
             "saga record field 'failure' is malformed", saga_id=saga_id, field="failure"
         )
-    return SagaFailure(raw["kind"], raw["step"], raw["message"])
+    cause = _failure_from_json(raw.get("cause"), saga_id)
+    return SagaFailure(raw["kind"], raw["step"], raw["message"], cause)
 
 
 def encode_record(record: SagaRecord) -> str:
@@ -189,9 +197,20 @@ def encode_record(record: SagaRecord) -> str:
     return text
 
 
+_ABSENT = object()
+
+
 def _field(
-    doc: dict[str, Any], name: str, kinds: type | tuple[type, ...], saga_id: str | None
+    doc: dict[str, Any],
+    name: str,
+    kinds: type | tuple[type, ...],
+    saga_id: str | None,
+    *,
+    default: Any = _ABSENT,
 ) -> Any:
+    """Read field ``name``; with ``default``, a document without the key reads as that."""
+    if default is not _ABSENT and name not in doc:
+        return default
     value = doc.get(name)
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in _as_tuple(kinds)):
         raise CorruptRecordError(
@@ -298,6 +317,13 @@ def load_record(doc: object, *, saga_id: str | None = None) -> SagaRecord:
         previous_owner=_field(doc, "previous_owner", _OPT_STR, own_id),
         recovery_attempts=_field(doc, "recovery_attempts", int, own_id),
         failure=_failure_from_json(doc.get("failure"), own_id),
+        # Added after format 1 was first written: a document without them reads as none.
+        not_before=parse_time(doc.get("not_before"), "not_before", own_id),
+        cancel_requested_at=parse_time(
+            doc.get("cancel_requested_at"), "cancel_requested_at", own_id
+        ),
+        cancel_reason=_field(doc, "cancel_reason", _OPT_STR, own_id, default=None),
+        redrives=_field(doc, "redrives", int, own_id, default=0),
     )
 
 

@@ -32,13 +32,21 @@ class SagaManager(SagaRuntime):
     ``recover``, ``cleanup``, ``start_on``, ``close``).
     """
 
-    def register(self, saga_class: S, *, factory: Callable[[], SagaBase] | None = None) -> S:
+    def register(
+        self,
+        saga_class: S,
+        *,
+        factory: Callable[[], SagaBase] | None = None,
+        max_concurrency: int | None = None,
+    ) -> S:
         """Validate ``saga_class`` and make it startable under its ``name``.
 
         Args:
             saga_class: A ``SagaBase`` subclass.
             factory: Builds the instance used for one run (so a saga can receive its
                 services by constructor); defaults to calling the class.
+            max_concurrency: At most this many sagas of the class run at once in one
+                ``serve()`` worker (no cap beyond ``concurrency`` when omitted).
 
         Returns:
             The class, so ``register`` can be used as a class decorator.
@@ -47,9 +55,10 @@ class SagaManager(SagaRuntime):
             SagaDefinitionError: the class breaks a definition rule, or a different class
                 is already registered under the same name. Registering the same class
                 again is a no-op.
+            ValueError: ``max_concurrency`` is not a positive int.
         """
         flow = compile_saga(saga_class, self.config, factory)
-        self._add_flow(flow, saga_class)
+        self._add_flow(flow, saga_class, max_concurrency)
         return saga_class
 
 

@@ -225,12 +225,20 @@ class SagaOrchestrator(SagaRuntime):
     ``close``); see :class:`~lexigram.events.sagas._runtime.SagaRuntime`.
     """
 
-    def define(self, name: str, steps: Sequence[OrchestratedStep]) -> Flow:
+    def define(
+        self,
+        name: str,
+        steps: Sequence[OrchestratedStep],
+        *,
+        max_concurrency: int | None = None,
+    ) -> Flow:
         """Validate a flow and make it startable under ``name``.
 
         Args:
             name: The saga name passed to ``start``.
             steps: The flow's steps; the first one is the entry.
+            max_concurrency: At most this many sagas of the flow run at once in one
+                ``serve()`` worker (no cap beyond ``concurrency`` when omitted).
 
         Returns:
             The compiled flow (pass it to :func:`~lexigram.events.sagas.diagram.to_mermaid`
@@ -240,13 +248,14 @@ class SagaOrchestrator(SagaRuntime):
         Raises:
             SagaDefinitionError: the definition breaks a rule (naming the step), or a
                 different definition is already registered under ``name``.
+            ValueError: ``max_concurrency`` is not a positive int.
         """
         flow = compile_flow(name, steps, self.config)
         if name in self.registered:
             existing = self.flow(name)
             if existing.source == flow.source:
                 return existing
-        self._add_flow(flow, flow.source)
+        self._add_flow(flow, flow.source, max_concurrency)
         return flow
 
 

@@ -48,9 +48,13 @@ class SagaStore(Protocol):
     - **JSON only**: records are stored as JSON; a value that cannot be stored raises
       ``SagaDataError`` naming its key, before anything is written.
     - **Leases**: a saga is claimable when it is not terminal, not held under the
-      claimer's own ``lease_id``, and has no owner, its lease expired (by the store's
-      clock where it has one), or it is owned by the same worker name under another
-      ``lease_id`` (an earlier incarnation of a restarted worker).
+      claimer's own ``lease_id``, and has no owner (and its ``not_before``, if any, has
+      passed), its lease expired (by the store's clock where it has one), or it is owned
+      by the same worker name under another ``lease_id`` (an earlier incarnation of a
+      restarted worker).
+    - **Cancel requests**: ``cancel_requested_at``/``cancel_reason`` are written only by
+      ``request_cancel``; ``save`` of an existing saga keeps the stored values (an insert
+      stores the record's own), and every read returns them.
     - **Errors**: a store that cannot be reached raises ``SagaStoreUnavailableError``; a row
       that cannot be read raises ``CorruptRecordError`` naming the saga.
     """
@@ -90,13 +94,18 @@ class SagaStore(Protocol):
         saga_names: Collection[str],
         limit: int = 100,
         saga_id: str | None = None,
+        exclude: Collection[str] = (),
     ) -> builtins.list[SagaRecord]:
         """Atomically take up to ``limit`` claimable sagas of ``saga_names``, oldest first.
 
         Each claimed record gets ``lease_owner=owner``, ``lease_id``, a lease ending
         ``lease_seconds`` from now, ``previous_owner`` set to the former owner, and
         ``recovery_attempts`` raised by one when it had an owner (a crashed worker's saga).
-        With ``saga_id``, only that saga is considered.
+        With ``saga_id``, only that saga is considered; ids in ``exclude`` are passed over.
+
+        Oldest first means by ``not_before`` when set, else ``created_at`` (then
+        ``saga_id``). The cost of a claim does not grow with the number of finished sagas
+        nor with the number held by live workers.
         """
         ...
 
@@ -108,6 +117,29 @@ class SagaStore(Protocol):
 
     async def release(self, saga_id: str, owner: str, lease_id: str) -> bool:
         """Drop this worker's lease on a saga; return whether it held it."""
+        ...
+
+    async def request_cancel(self, saga_id: str, reason: str) -> SagaRecord | None:
+        """Store a request to cancel the saga; return its record (``None``: no such saga).
+
+        Sets ``cancel_requested_at`` (the store's now) and ``cancel_reason`` on a live saga
+        without one; a saga already asked keeps the first request, a terminal saga is left
+        as it is. Changes neither ``version`` nor the lease (the holder's writes go on), and
+        wakes :meth:`wait_for_work` waiters in every process.
+        """
+        ...
+
+    async def cancel_requests(self, owner: str, lease_id: str) -> dict[str, str]:
+        """The live sagas ``owner``/``lease_id`` holds that were asked to cancel: id -> reason."""
+        ...
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a sign of new work; return whether one came.
+
+        Signs: a saga stored without a lease (``enqueue``), a lease released, a cancel
+        request. Stores that cannot be told (SQLite across processes) may return early or
+        late; callers claim after every return, so a missed sign only costs latency.
+        """
         ...
 
     async def delete_terminal(self, *, before: datetime, limit: int = 1000) -> int:

@@ -140,6 +140,38 @@ def move_step(step: SagaStepRecord, new: SagaStepStatus) -> None:
     step.status = new
 
 
+def redrive_saga(record: SagaRecord, now: datetime) -> None:
+    """Put a ``FAILED`` saga back to ``COMPENSATING`` for an operator's ``retry()``.
+
+    The one move out of a terminal status (SPEC section 11), so it does not go through the
+    transition table: every step whose compensation gave up (``FAILED`` with a
+    ``compensation_error``) is ``COMPLETED`` again with fresh compensation attempts, the
+    lease is cleared so any serving worker claims the saga, and ``redrives`` counts it.
+    ``error`` and ``failure`` go back to the cause the saga compensated for.
+
+    Raises:
+        ValueError: the saga is not ``FAILED``.
+    """
+    if record.status is not SagaStatus.FAILED:
+        raise ValueError(f"saga '{record.saga_id}' is {record.status.value}, not failed")
+    for step in record.steps.values():
+        if step.status is SagaStepStatus.FAILED and step.compensation_error is not None:
+            step.status = SagaStepStatus.COMPLETED
+            step.compensation_attempts = 0
+            step.compensation_error = None
+            step.compensated_at = None
+    failure = record.failure
+    if failure is not None and failure.kind == "compensation_failed" and failure.cause:
+        record.failure = failure.cause
+        record.error = failure.cause.message
+    record.status = SagaStatus.COMPENSATING
+    record.completed_at = None
+    record.updated_at = now
+    record.lease_owner = record.lease_id = record.lease_expires_at = None
+    record.recovery_attempts = 0
+    record.redrives += 1
+
+
 def finish_saga(record: SagaRecord, status: SagaStatus, now: datetime) -> tuple[Any, ...]:
     """Move ``record`` to the terminal ``status`` for the write that will record it.
 
@@ -207,11 +239,14 @@ class SagaFailure:
             up: the saga ended ``FAILED``).
         step: The step concerned, when there is one.
         message: A readable account (the same text as ``record.error``).
+        cause: For ``"compensation_failed"``: the failure the saga was compensating for
+            (``retry()`` restores it); ``None`` otherwise.
     """
 
     kind: FailureKind
     step: str | None
     message: str
+    cause: SagaFailure | None = None
 
 
 @dataclass(slots=True)
@@ -279,6 +314,11 @@ class SagaRecord:
         recovery_attempts: Takeovers from crashed workers since the saga last made progress.
         failure: Why the saga did not complete, as data (``None`` while it may still, and
             when it did).
+        not_before: No worker claims the saga before this time (``enqueue(not_before=)``).
+        cancel_requested_at: When a cancel was requested from any process (store-managed:
+            only ``request_cancel`` writes it; ``save`` keeps the stored value).
+        cancel_reason: The reason given with that request.
+        redrives: How many times an operator's ``retry()`` redrove the saga out of ``FAILED``.
     """
 
     saga_id: str
@@ -301,6 +341,10 @@ class SagaRecord:
     previous_owner: str | None = None
     recovery_attempts: int = 0
     failure: SagaFailure | None = None
+    not_before: datetime | None = None
+    cancel_requested_at: datetime | None = None
+    cancel_reason: str | None = None
+    redrives: int = 0
 
     @property
     def is_terminal(self) -> bool:

@@ -178,7 +178,9 @@ class Compensation:
         cause = record.error or "saga failed"
         names = ", ".join(f"'{name}'" for name in failed)
         record.error = f"compensation failed for step(s) {names}; cause: {cause}"
-        record.failure = SagaFailure("compensation_failed", failed[0], record.error)
+        record.failure = SagaFailure(
+            "compensation_failed", failed[0], record.error, cause=record.failure
+        )
         return SagaStatus.FAILED
 
     async def _run_compensation(self, run: SagaRun, node: FlowStep, step: SagaStepRecord) -> None:

@@ -124,6 +124,8 @@ class Engine(Compensation):
         self.lease = LeasePolicy(config.lease_seconds)
         self.runs: dict[str, SagaRun] = {}
         self.closed = False
+        self.on_run_end: Callable[[], None] | None = None
+        """Called each time a run leaves ``runs`` (a serving worker has a free slot)."""
         self.events = Announcer(event_bus, worker_id)
         self._writer = RecordWriter(
             store, config, clock, self.lease, sleep=sleep, publish=self.events.emit
@@ -163,6 +165,8 @@ class Engine(Compensation):
             return running
         loop = asyncio.get_running_loop()
         run = SagaRun(record, flow, self.worker_id)
+        if stop is None and record.cancel_requested_at is not None:  # asked from anywhere
+            stop = (StopReason.CANCEL, record.cancel_reason or "cancelled by request")
         if stop is not None:
             run.stop(*stop)
         self.runs[record.saga_id] = run
@@ -232,6 +236,8 @@ class Engine(Compensation):
                 await self._release(run)
             del self.runs[record.saga_id]
             run.finish(None)
+            if self.on_run_end is not None:
+                self.on_run_end()
             if record.deadline_at is not None:
                 self._deadlines.finished()
 
@@ -484,6 +490,10 @@ class Engine(Compensation):
         return SagaFailure("step_error", node.name, f"step '{node.name}' failed: {error}")
 
     # ------------------------------------------------------------------ leases and events
+
+    async def check_cancel_requests(self) -> None:
+        """Stop the runs of this worker that some process asked to cancel."""
+        await self._heartbeat.check_cancel_requests()
 
     async def close(self) -> None:
         """Stop the heartbeat and deadline timer (runs must be finished or stopped)."""

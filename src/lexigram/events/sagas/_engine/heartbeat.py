@@ -57,6 +57,24 @@ class Heartbeat:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def check_cancel_requests(self) -> None:
+        """Stop the runs some process asked to cancel (``cancel()`` stores the request)."""
+        if not self._runs:
+            return
+        try:
+            asked = await self._store.cancel_requests(self._worker_id, self._lease_id)
+        except Exception:
+            logger.warning(
+                "reading cancel requests failed; retrying at the next beat",
+                exc_info=True,
+                extra=log_fields(worker_id=self._worker_id),
+            )
+            return
+        for saga_id, reason in asked.items():
+            run = self._runs.get(saga_id)
+            if run is not None:
+                run.stop(StopReason.CANCEL, reason or "cancelled by request")
+
     async def _beat(self) -> None:
         try:
             while True:
@@ -84,5 +102,6 @@ class Heartbeat:
                             "saga %s: lease lost to another worker", saga_id, extra=run.log_extra()
                         )
                         run.stop(StopReason.LEASE_LOST)
+                await self.check_cancel_requests()
         finally:
             self._task = None

@@ -50,6 +50,9 @@ StoreMethod = Literal[
     "claim",
     "renew",
     "release",
+    "request_cancel",
+    "cancel_requests",
+    "wait_for_work",
     "delete_terminal",
     "close",
 ]
@@ -193,6 +196,7 @@ class StoreWrapper:
         saga_names: Collection[str],
         limit: int = 100,
         saga_id: str | None = None,
+        exclude: Collection[str] = (),
     ) -> builtins.list[SagaRecord]:
         """Forward ``claim``."""
         call: StoreCall[builtins.list[SagaRecord]] = StoreCall(
@@ -204,6 +208,7 @@ class StoreWrapper:
                 "saga_names": saga_names,
                 "limit": limit,
                 "saga_id": saga_id,
+                "exclude": exclude,
             },
         )
         return await self.forward(call)
@@ -228,6 +233,25 @@ class StoreWrapper:
         call: StoreCall[bool] = StoreCall(
             "release", {"saga_id": saga_id, "owner": owner, "lease_id": lease_id}
         )
+        return await self.forward(call)
+
+    async def request_cancel(self, saga_id: str, reason: str) -> SagaRecord | None:
+        """Forward ``request_cancel``."""
+        call: StoreCall[SagaRecord | None] = StoreCall(
+            "request_cancel", {"saga_id": saga_id, "reason": reason}
+        )
+        return await self.forward(call)
+
+    async def cancel_requests(self, owner: str, lease_id: str) -> dict[str, str]:
+        """Forward ``cancel_requests``."""
+        call: StoreCall[dict[str, str]] = StoreCall(
+            "cancel_requests", {"owner": owner, "lease_id": lease_id}
+        )
+        return await self.forward(call)
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Forward ``wait_for_work``."""
+        call: StoreCall[bool] = StoreCall("wait_for_work", {"timeout": timeout})
         return await self.forward(call)
 
     async def delete_terminal(self, *, before: datetime, limit: int = 1000) -> int:

@@ -11,7 +11,8 @@ A test module subclasses :class:`StoreContract` and provides three fixtures:
 
 The suite is one class made of one part per area of the contract, each in its own module:
 saving and loading, refused values and unreadable rows, listing and deleting, claims and
-leases. Import everything from this module; the parts are private.
+leases, and what serving workers rely on (due times, cancel requests, wake-ups). Import
+everything from this module; the parts are private.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from lexigram.events.sagas.testing.contract._records import (
 )
 from lexigram.events.sagas.testing.contract._refusals import UNSTORABLE, RefusalContract
 from lexigram.events.sagas.testing.contract._saving import SavingContract
+from lexigram.events.sagas.testing.contract._service import ServiceContract
 
 __all__ = [
     "BASE_TIME",
@@ -47,5 +49,7 @@ __all__ = [
 ]
 
 
-class StoreContract(SavingContract, RefusalContract, ListingContract, ClaimContract):
-    """Behaviour every saga store must show (SPEC section 7)."""
+class StoreContract(
+    SavingContract, RefusalContract, ListingContract, ClaimContract, ServiceContract
+):
+    """Behaviour every saga store must show (SPEC sections 7 and 11)."""

@@ -126,6 +126,10 @@ def full_record(saga_id: str) -> SagaRecord:
     record.transitions = 2
     record.previous_owner = "w0"
     record.recovery_attempts = 3
+    record.not_before = BASE_TIME + timedelta(seconds=7)
+    record.cancel_requested_at = BASE_TIME + timedelta(seconds=8)  # an insert stores it
+    record.cancel_reason = "customer asked ✓"
+    record.redrives = 2
     return record
 
 

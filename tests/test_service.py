@@ -1,0 +1,304 @@
+"""Sagas as a service on the in-memory store: enqueue, serve, cancel from a client, retry.
+
+The same calls on SQLite and PostgreSQL, across processes, are in
+``tests/scenarios/test_service_processes.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from lexigram.events.sagas import (
+    InMemorySagaStore,
+    SagaConfig,
+    SagaDataError,
+    SagaError,
+    SagaManager,
+    SagaNotFoundError,
+    SagaStatus,
+    SagaStepStatus,
+)
+from lexigram.events.sagas.testing import ManualClock
+from tests.support.helpers import (
+    Script,
+    Tuning,
+    blocking,
+    manager_for,
+    raise_each,
+    saga_class,
+    stored,
+)
+
+FAST = SagaConfig(retry_delay_seconds=0, shutdown_timeout=1)
+
+
+@contextlib.asynccontextmanager
+async def serving(manager: SagaManager, **options: object) -> AsyncIterator[asyncio.Event]:
+    """Run ``manager.serve(**options)`` in the background; stop it on the way out."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(manager.serve(stop=stop, **options))  # type: ignore[arg-type]
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+
+
+# ------------------------------------------------------------------ enqueue
+
+
+async def test_enqueue_stores_a_pending_saga_nobody_holds_and_runs_nothing() -> None:
+    """A client's enqueue writes a ``PENDING`` record without a lease and runs no step."""
+    script = Script()
+    client = manager_for(script, config=FAST)
+    saga_id = await client.enqueue("scripted", {"order": 1}, correlation_id="c-1")
+    await asyncio.sleep(0.05)
+    record = await stored(client.store, saga_id)
+    assert (record.status, record.lease_owner, record.current_step) == (
+        SagaStatus.PENDING,
+        None,
+        "a",
+    )
+    assert record.data == {"order": 1}
+    assert record.correlation_id == "c-1"
+    assert record.deadline_at is None  # counts from the first run, not from the enqueue
+    assert script.calls == []
+    assert client.running() == ()
+    await client.close()
+
+
+async def test_enqueue_is_idempotent_per_saga_id() -> None:
+    """Enqueueing an existing id stores nothing new and returns the id."""
+    client = manager_for(Script(), config=FAST)
+    first = await client.enqueue("scripted", {"n": 1}, saga_id="order-7")
+    again = await client.enqueue("scripted", {"n": 2}, saga_id="order-7")
+    assert first == again == "order-7"
+    record = await stored(client.store, "order-7")
+    assert (record.data, record.version) == ({"n": 1}, 1)
+    await client.close()
+
+
+async def test_enqueue_refuses_bad_input_naming_it() -> None:
+    """Unknown names, bad data, naive times and connections a store cannot use are refused."""
+    client = manager_for(Script(), config=FAST)
+    with pytest.raises(SagaNotFoundError):
+        await client.enqueue("nope")
+    with pytest.raises(SagaDataError):
+        await client.enqueue("scripted", {"bad": {1, 2}})
+    with pytest.raises(TypeError, match="not_before must be a timezone-aware datetime"):
+        await client.enqueue("scripted", not_before=datetime(2030, 1, 1))  # noqa: DTZ001
+    with pytest.raises(TypeError, match="cannot enqueue through a connection"):
+        await client.enqueue("scripted", connection=object())
+    assert await client.list() == []
+    await client.close()
+
+
+# ------------------------------------------------------------------ serve
+
+
+async def test_a_worker_runs_what_a_client_enqueued() -> None:
+    """``serve()`` claims enqueued sagas and runs them to completion."""
+    store = InMemorySagaStore()
+    script = Script()
+    client = manager_for(Script(), store=store, config=FAST)
+    worker = manager_for(script, store=store, config=FAST, worker_id="worker-1")
+    async with serving(worker, poll_interval=30):
+        ids = [await client.enqueue("scripted", {"n": n}) for n in range(5)]
+        records = [await client.wait(saga_id, timeout=5) for saga_id in ids]
+    assert {r.status for r in records} == {SagaStatus.COMPLETED}
+    assert script.actions().count("a") == 5
+    assert all(r.deadline_at is not None for r in records)
+    assert (await stored(store, ids[0])).lease_owner is None
+    await client.close()
+    await worker.close()
+
+
+async def test_serve_wakes_on_an_enqueue_without_waiting_for_its_poll() -> None:
+    """With a 60 s poll, an enqueued saga still starts at once (the store signals it)."""
+    store = InMemorySagaStore()
+    worker = manager_for(Script(), store=store, config=FAST)
+    client = manager_for(Script(), store=store, config=FAST)
+    async with serving(worker, poll_interval=60):
+        await asyncio.sleep(0.05)  # the worker is idle, waiting
+        saga_id = await client.enqueue("scripted")
+        record = await client.wait(saga_id, timeout=5)
+    assert record.status is SagaStatus.COMPLETED
+    await client.close()
+    await worker.close()
+
+
+async def test_serve_never_runs_more_than_its_concurrency() -> None:
+    """With every step blocked, a worker holds exactly ``concurrency`` sagas."""
+    store = InMemorySagaStore()
+    script = Script()
+    entered, release = asyncio.Event(), asyncio.Event()
+    script.behaviours["a"] = blocking(entered, release)
+    worker = manager_for(script, store=store, config=FAST)
+    client = manager_for(Script(), store=store, config=FAST)
+    ids = [await client.enqueue("scripted") for _ in range(7)]
+    async with serving(worker, concurrency=3, poll_interval=0.01):
+        await entered.wait()
+        await asyncio.sleep(0.1)
+        assert len(worker.running()) == 3
+        waiting = [r for r in await client.list() if r.lease_owner is None]
+        assert len(waiting) == 4
+        release.set()
+        records = [await client.wait(saga_id, timeout=5) for saga_id in ids]
+    assert {r.status for r in records} == {SagaStatus.COMPLETED}
+    await client.close()
+    await worker.close()
+
+
+async def test_max_concurrency_caps_one_saga_type() -> None:
+    """``register(..., max_concurrency=1)`` runs one saga of that type at a time."""
+    store = InMemorySagaStore()
+    script = Script()
+    entered, release = asyncio.Event(), asyncio.Event()
+    script.behaviours["a"] = blocking(entered, release)
+    worker = SagaManager(store=store, config=FAST)
+    worker.register(saga_class(script), max_concurrency=1)
+    client = manager_for(Script(), store=store, config=FAST)
+    ids = [await client.enqueue("scripted") for _ in range(3)]
+    async with serving(worker, concurrency=10, poll_interval=0.01):
+        await entered.wait()
+        await asyncio.sleep(0.1)
+        assert len(worker.running()) == 1
+        release.set()
+        for saga_id in ids:
+            assert (await client.wait(saga_id, timeout=5)).status is SagaStatus.COMPLETED
+    await client.close()
+    await worker.close()
+
+
+async def test_serve_refuses_bad_settings() -> None:
+    """``concurrency`` and ``poll_interval`` must be positive."""
+    worker = manager_for(Script(), config=FAST)
+    with pytest.raises(ValueError, match="concurrency must be a positive int"):
+        await worker.serve(concurrency=0)
+    with pytest.raises(ValueError, match="poll_interval must be a positive number"):
+        await worker.serve(poll_interval=0)
+    with pytest.raises(ValueError, match="max_concurrency must be a positive int"):
+        worker.register(saga_class(Script(), name="other"), max_concurrency=0)
+    assert worker.registered == ("scripted",)
+    await worker.close()
+
+
+async def test_a_saga_enqueued_for_later_waits_until_it_is_due() -> None:
+    """``not_before`` keeps a saga from every worker until that time."""
+    clock = ManualClock(datetime(2030, 1, 1, tzinfo=UTC))
+    store = InMemorySagaStore(clock=clock)
+    script = Script()
+    worker = manager_for(script, store=store, config=FAST, clock=clock)
+    client = manager_for(Script(), store=store, config=FAST, clock=clock)
+    saga_id = await client.enqueue("scripted", not_before=clock.now + timedelta(hours=1))
+    async with serving(worker, poll_interval=0.01):
+        await asyncio.sleep(0.1)
+        assert script.calls == []
+        clock.advance(3600)
+        record = await client.wait(saga_id, timeout=5)
+    assert record.status is SagaStatus.COMPLETED
+    await client.close()
+    await worker.close()
+
+
+async def test_a_saga_whose_definition_changed_is_left_to_others() -> None:
+    """A claimed saga this worker cannot resume is released and passed over, not retried hot."""
+    store = InMemorySagaStore()
+    worker = manager_for(Script(), store=store, config=FAST)
+    client = manager_for(Script(), store=store, config=FAST)
+    saga_id = await client.enqueue("scripted")
+    record = await stored(store, saga_id)
+    record.status = SagaStatus.RUNNING
+    record.current_step = "gone"  # a step the registered definition does not have
+    await store.save(record)
+    writes = store.writes
+    async with serving(worker, poll_interval=0.01):
+        await asyncio.sleep(0.3)
+    left = await stored(store, saga_id)
+    assert (left.status, left.lease_owner) == (SagaStatus.RUNNING, None)
+    assert [p.saga_id for p in worker.recovery_problems] == [saga_id]
+    assert store.writes - writes == 2  # one claim and one release, not one per poll
+    await client.close()
+    await worker.close()
+
+
+# ------------------------------------------------------------------ cancel from anywhere
+
+
+async def test_a_client_cancels_a_saga_another_worker_is_running() -> None:
+    """The request is stored; the holder stops the step at once and compensates."""
+    store = InMemorySagaStore()
+    script = Script()
+    entered = asyncio.Event()
+    script.behaviours["b"] = blocking(entered)
+    worker = manager_for(script, store=store, config=FAST)
+    client = manager_for(Script(), store=store, config=FAST)
+    async with serving(worker, poll_interval=30):
+        saga_id = await client.enqueue("scripted")
+        await asyncio.wait_for(entered.wait(), timeout=5)
+        asked = await client.cancel(saga_id, reason="customer changed their mind")
+        assert asked.status is SagaStatus.RUNNING  # returned once the request is durable
+        assert asked.cancel_reason == "customer changed their mind"
+        record = await client.wait(saga_id, timeout=5)
+    assert record.status is SagaStatus.COMPENSATED
+    assert record.failure is not None
+    assert record.failure.kind == "cancelled"
+    assert script.undone() == ["a"]
+    await client.close()
+    await worker.close()
+
+
+async def test_cancel_of_a_finished_saga_is_a_no_op() -> None:
+    """Cancelling a terminal saga returns it unchanged and stores no request."""
+    client = manager_for(Script(), config=FAST)
+    done = await client.execute("scripted")
+    again = await client.cancel(done.saga_id)
+    assert again.status is SagaStatus.COMPLETED
+    assert (again.cancel_requested_at, again.version) == (None, done.version)
+    with pytest.raises(TypeError, match="reason must be a str"):
+        await client.cancel(done.saga_id, reason=5)  # type: ignore[arg-type]
+    await client.close()
+
+
+# ------------------------------------------------------------------ retry (redrive)
+
+
+async def test_retry_redrives_a_failed_saga_to_compensated() -> None:
+    """After the cause is fixed, ``retry()`` compensates what was left; redrives counts it."""
+    store = InMemorySagaStore()
+    script = Script()
+    script.behaviours["c"] = raise_each(*[ValueError("declined")] * 5)
+    script.undo_behaviours["b"] = raise_each(OSError("refund service down"))
+    tuning = {"b": Tuning(undo_max_retries=0), "c": Tuning(max_retries=0)}
+    worker = manager_for(script, store=store, config=FAST, tuning=tuning)
+    failed = await worker.execute("scripted")
+    assert failed.status is SagaStatus.FAILED
+    assert failed.failure is not None
+    assert failed.failure.kind == "compensation_failed"
+    assert failed.steps["b"].status is SagaStepStatus.FAILED
+    client = manager_for(Script(), store=store, config=FAST)
+    with pytest.raises(SagaError, match="only a failed saga can be retried"):
+        await client.retry((await client.execute("scripted")).saga_id)
+    redriven = await client.retry(failed.saga_id)
+    assert (redriven.status, redriven.redrives, redriven.lease_owner) == (
+        SagaStatus.COMPENSATING,
+        1,
+        None,
+    )
+    async with serving(worker, poll_interval=30):
+        record = await client.wait(failed.saga_id, timeout=5)
+    assert record.status is SagaStatus.COMPENSATED
+    assert record.steps["b"].status is SagaStepStatus.COMPENSATED
+    assert record.failure is not None
+    assert record.failure.kind == "step_error"  # the cause, back from under the give-up
+    assert script.undone().count("b") == 2
+    assert script.undone().count("a") == 1  # compensated before: not undone again
+    with pytest.raises(SagaNotFoundError):
+        await client.retry("ghost")
+    await client.close()
+    await worker.close()
