@@ -9,17 +9,21 @@ from lexigram.events import DomainEvent, InMemoryEventBus
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import SagaStepResult
 from lexigram.events.sagas.events import (
+    SagaCancelRequested,
     SagaCompensated,
     SagaCompensating,
     SagaCompleted,
     SagaEvent,
     SagaFailed,
+    SagaResumed,
     SagaStarted,
     SagaStepCompensated,
     SagaStepCompleted,
     SagaStepFailed,
+    SagaStepStarted,
 )
 from lexigram.events.sagas.store import InMemorySagaStore
+from lexigram.events.sagas.testing import ManualClock
 from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepStatus
 from tests.support.helpers import (
     WAIT,
@@ -37,10 +41,11 @@ FAST = SagaConfig(retry_delay_seconds=0)
 
 
 def trace(bus: InMemoryEventBus) -> list[tuple[str, str | None]]:
+    """The lifecycle events in order, leaving out the attempts' ``SagaStepStarted``."""
     return [
         (event.event_type, event.step_name)
         for event in bus.published
-        if isinstance(event, SagaEvent)
+        if isinstance(event, SagaEvent) and not isinstance(event, SagaStepStarted)
     ]
 
 
@@ -186,9 +191,9 @@ async def test_events_carry_saga_identity_and_correlation_id() -> None:
     saga_id = await manager.start("scripted", correlation_id="trace-7")
     await manager.wait(saga_id, timeout=WAIT)
     events = saga_events(bus)
-    assert len(events) == 8
-    assert {(e.saga_id, e.saga_name, e.correlation_id) for e in events} == {
-        (saga_id, "scripted", "trace-7")
+    assert len(events) == 11  # 8 lifecycle events and 3 SagaStepStarted
+    assert {(e.saga_id, e.saga_name, e.correlation_id, e.worker_id) for e in events} == {
+        (saga_id, "scripted", "trace-7", manager.worker_id)
     }
     assert all(e.occurred_at.utcoffset() == timedelta(0) for e in events)
     await manager.close()
@@ -234,6 +239,7 @@ async def test_saga_started_is_not_repeated_on_resume() -> None:
     await second.wait(saga_id, timeout=WAIT)
     assert trace(first_bus) == [("SagaStarted", None), ("SagaStepCompleted", "a")]
     assert trace(second_bus) == [
+        ("SagaResumed", None),
         ("SagaStepCompleted", "b"),
         ("SagaStepCompleted", "c"),
         ("SagaCompleted", None),
@@ -250,7 +256,7 @@ async def test_raising_bus_never_breaks_a_saga() -> None:
     record = await manager.execute("scripted", timeout=WAIT)
     assert record.status is SagaStatus.COMPLETED
     assert script.actions() == ["a", "b", "c"]
-    assert bus.attempts == 5
+    assert bus.attempts == 8  # 5 lifecycle events and 3 SagaStepStarted, each raising
     await manager.close()
 
 
@@ -328,8 +334,8 @@ async def test_every_event_announces_a_state_already_stored() -> None:
         stored = await store.load(event.saga_id)
         assert stored is not None
         step = stored.steps.get(event.step_name or "")
-        if isinstance(event, SagaStarted):
-            seen.append(("started", stored.status))
+        if isinstance(event, SagaStarted):  # the saga is stored and held by the worker
+            seen.append(("started", (stored.status, stored.lease_owner == "w")))
         elif isinstance(event, SagaStepFailed):
             assert step is not None
             seen.append(("failed", (event.will_retry, step.attempts, step.status)))
@@ -337,11 +343,11 @@ async def test_every_event_announces_a_state_already_stored() -> None:
             seen.append(("compensating", stored.status))
 
     bus.subscribe(SagaEvent, check)
-    manager = manager_for(script, store=store, config=FAST, event_bus=bus)
+    manager = manager_for(script, store=store, config=FAST, event_bus=bus, worker_id="w")
     await manager.execute("scripted", timeout=WAIT)
     await manager.close()
     assert seen == [
-        ("started", SagaStatus.RUNNING),
+        ("started", (SagaStatus.PENDING, True)),
         ("failed", (True, 1, SagaStepStatus.RUNNING)),
         ("failed", (False, 1, SagaStepStatus.FAILED)),
         ("compensating", SagaStatus.COMPENSATING),
@@ -373,3 +379,85 @@ async def test_failed_first_step_passes_through_compensating() -> None:
         ("SagaCompensating", None),
         ("SagaCompensated", None),
     ]
+
+
+# --------------------------------------------------------------------------- service events
+
+
+async def test_each_attempt_is_announced_before_it_runs() -> None:
+    """``SagaStepStarted`` precedes every attempt, numbered, after ``SagaStarted``."""
+    bus = InMemoryEventBus(record=True)
+    script = Script()
+    script.behaviours["b"] = raise_each(ConnectionError("flaky"))
+    manager = manager_for(script, config=FAST, event_bus=bus)
+    await manager.execute("scripted", timeout=WAIT)
+    started = [
+        (e.event_type, e.step_name, getattr(e, "attempt", None))
+        for e in saga_events(bus)
+        if isinstance(e, SagaStarted | SagaStepStarted)
+    ]
+    assert started == [
+        ("SagaStarted", None, None),
+        ("SagaStepStarted", "a", 1),
+        ("SagaStepStarted", "b", 1),
+        ("SagaStepStarted", "b", 2),
+        ("SagaStepStarted", "c", 1),
+    ]
+    await manager.close()
+
+
+async def test_completion_events_carry_durations() -> None:
+    """Step and saga completion events say how long they took (from the stored times)."""
+    bus = InMemoryEventBus(record=True)
+    manager = manager_for(Script(), config=FAST, event_bus=bus)
+    record = await manager.execute("scripted", timeout=WAIT)
+    [done] = [e for e in saga_events(bus) if isinstance(e, SagaCompleted)]
+    assert record.created_at is not None
+    assert record.completed_at is not None
+    assert done.duration_seconds == (record.completed_at - record.created_at).total_seconds()
+    steps = [e for e in saga_events(bus) if isinstance(e, SagaStepCompleted)]
+    for event in steps:
+        step = record.steps[event.step_name or ""]
+        assert step.started_at is not None
+        assert step.completed_at is not None
+        assert event.duration_seconds == (step.completed_at - step.started_at).total_seconds()
+    await manager.close()
+
+
+async def test_a_takeover_is_announced_with_the_previous_owner() -> None:
+    """``SagaResumed`` names the worker that held the saga before."""
+    clock = ManualClock()
+    store = InMemorySagaStore(clock=clock)
+    script = Script()
+    script.behaviours["b"] = crash_first()
+    first = manager_for(script, store=store, config=FAST, worker_id="old", clock=clock)
+    saga_id = await first.start("scripted")
+    await await_crash(saga_id)
+    clock.advance(FAST.lease_seconds + 1)  # the dead worker's lease runs out
+    bus = InMemoryEventBus(record=True)
+    second = manager_for(
+        script, store=store, config=FAST, event_bus=bus, worker_id="new", clock=clock
+    )
+    await second.resume(saga_id)
+    await second.wait(saga_id, timeout=WAIT)
+    [resumed] = [e for e in saga_events(bus) if isinstance(e, SagaResumed)]
+    assert (resumed.previous_owner, resumed.worker_id) == ("old", "new")
+    assert not [e for e in saga_events(bus) if isinstance(e, SagaStarted)]
+    await first.close()
+    await second.close()
+
+
+async def test_a_cancel_request_is_announced_by_the_requesting_process() -> None:
+    """A client's ``cancel()`` of a saga it does not run publishes ``SagaCancelRequested``."""
+    store = InMemorySagaStore()
+    bus = InMemoryEventBus(record=True)
+    client = manager_for(Script(), store=store, config=FAST, event_bus=bus, worker_id="api")
+    saga_id = await client.enqueue("scripted")
+    await client.cancel(saga_id, reason="customer asked")
+    await client.cancel(saga_id, reason="asked twice")
+    requests = [e for e in saga_events(bus) if isinstance(e, SagaCancelRequested)]
+    assert [(e.reason, e.worker_id) for e in requests] == [
+        ("customer asked", "api"),
+        ("customer asked", "api"),  # the stored (first) request, announced again
+    ]
+    await client.close()

@@ -34,15 +34,18 @@ from lexigram.events.sagas.errors import (
     SchemaVersionError,
 )
 from lexigram.events.sagas.events import (
+    SagaCancelRequested,
     SagaCompensated,
     SagaCompensating,
     SagaCompleted,
     SagaEvent,
     SagaFailed,
+    SagaResumed,
     SagaStarted,
     SagaStepCompensated,
     SagaStepCompleted,
     SagaStepFailed,
+    SagaStepStarted,
 )
 from lexigram.events.sagas.manager import SagaManager, SagaManagerProtocol
 from lexigram.events.sagas.orchestrator import (
@@ -112,6 +115,7 @@ __all__ = [
     "SQLiteSagaStore",
     "SagaAction",
     "SagaBase",
+    "SagaCancelRequested",
     "SagaCompensated",
     "SagaCompensating",
     "SagaCompleted",
@@ -129,6 +133,7 @@ __all__ = [
     "SagaNotFoundError",
     "SagaOrchestrator",
     "SagaRecord",
+    "SagaResumed",
     "SagaStarted",
     "SagaStatus",
     "SagaStepCompensated",
@@ -136,6 +141,7 @@ __all__ = [
     "SagaStepFailed",
     "SagaStepRecord",
     "SagaStepResult",
+    "SagaStepStarted",
     "SagaStepStatus",
     "SagaStore",
     "SagaStoreError",

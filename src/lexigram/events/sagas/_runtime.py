@@ -20,6 +20,7 @@ from typing import Any, Self
 
 from lexigram.events._bus import EventBusProtocol
 from lexigram.events._domain import DomainEvent
+from lexigram.events.sagas import events as ev
 from lexigram.events.sagas._engine.engine import Engine, StopReason
 from lexigram.events.sagas._engine.flow import Flow
 from lexigram.events.sagas._engine.recovery import Recovery, RecoveryProblem
@@ -352,8 +353,12 @@ class SagaRuntime(ServiceAPI):
             logger.info(
                 "saga %s: cancel requested (%s)",
                 saga_id,
-                reason,
+                record.cancel_reason,
                 extra=log_fields(saga_id=saga_id, saga_name=record.saga_name),
+            )
+            events = self._engine.events
+            await events.emit(
+                events.build(record, ev.SagaCancelRequested, reason=record.cancel_reason or "")
             )
         return record
 

@@ -39,6 +39,7 @@ class StepSpec:
     max_retries: int | None
     retry_delay: float | None
     timeout: float | None
+    compensate_failed: bool = False
 
 
 def saga_step(
@@ -48,6 +49,7 @@ def saga_step(
     max_retries: int | None = None,
     retry_delay: float | None = None,
     timeout: float | None = None,
+    compensate_failed: bool = False,
 ) -> Callable[[F], F]:
     """Mark an async method ``(self, ctx)`` as a saga step or as a step's compensation.
 
@@ -58,6 +60,10 @@ def saga_step(
         retry_delay: Base delay before the first retry, in seconds (default
             ``SagaConfig.retry_delay_seconds``); later retries back off exponentially.
         timeout: Limit of each attempt, in seconds; expiry is a transient failure.
+        compensate_failed: Run the step's compensation also when its action fails (a
+            lost reply, a timeout, a cancel or a crash loop may have left its side effect
+            behind); the compensation sees ``ctx.action_completed`` is ``False``. Needs a
+            compensation; set on the action, not on the compensation.
 
     Raises:
         SagaDefinitionError: The name is empty or a setting is negative or not a number.
@@ -76,7 +82,14 @@ def saga_step(
         raise SagaDefinitionError(str(exc), step_name=name) from None
     if not isinstance(compensation, bool):
         raise SagaDefinitionError(f"{where}: compensation must be a bool", step_name=name)
-    spec = StepSpec(name, compensation, max_retries, retry_delay, timeout)
+    if not isinstance(compensate_failed, bool):
+        raise SagaDefinitionError(f"{where}: compensate_failed must be a bool", step_name=name)
+    if compensate_failed and compensation:
+        raise SagaDefinitionError(
+            f"{where}: compensate_failed belongs on the step's action, not its compensation",
+            step_name=name,
+        )
+    spec = StepSpec(name, compensation, max_retries, retry_delay, timeout, compensate_failed)
 
     def mark(func: F) -> F:
         setattr(func, _MARKER, spec)
@@ -167,6 +180,11 @@ def _flow_step(
     """Compile one ``@saga_step`` action (and its compensation, if any) into a flow node."""
     func, spec = action
     undo_spec = None if compensation is None else compensation[1]
+    if spec.compensate_failed and compensation is None:
+        raise SagaDefinitionError(
+            f"{class_name}: step '{spec.name}' has compensate_failed=True but no compensation",
+            step_name=spec.name,
+        )
     return FlowStep(
         name=spec.name,
         action=func,
@@ -188,6 +206,7 @@ def _flow_step(
             timeout=None if undo_spec is None else undo_spec.timeout,
         ),
         next=following,
+        compensate_failed=spec.compensate_failed,
     )
 
 

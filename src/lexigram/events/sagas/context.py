@@ -39,6 +39,9 @@ class SagaContext:
         idempotency_key: Stable across retries, resumes and processes for one visit of one
             step; a compensation has its own. Pass it to APIs that de-duplicate requests.
         compensating: Whether the running code is a compensation.
+        action_completed: In a compensation, whether the step's action completed
+            (``False`` only for a ``compensate_failed`` step whose action failed, timed
+            out, was cancelled or kept crashing: its side effect may or may not exist).
     """
 
     saga_id: str
@@ -49,6 +52,7 @@ class SagaContext:
     step_name: str | None = None
     attempt: int = 0
     compensating: bool = False
+    action_completed: bool = True
     # The key is made only when a step reads it (most never do): (step, visit, role).
     _key_of: tuple[str, int, bool] | None = field(default=None, init=False, repr=False)
     _key: str | None = field(default=None, init=False, repr=False)

@@ -9,15 +9,18 @@ from __future__ import annotations
 from lexigram.events._domain import DomainEvent
 
 __all__ = [
+    "SagaCancelRequested",
     "SagaCompensated",
     "SagaCompensating",
     "SagaCompleted",
     "SagaEvent",
     "SagaFailed",
+    "SagaResumed",
     "SagaStarted",
     "SagaStepCompensated",
     "SagaStepCompleted",
     "SagaStepFailed",
+    "SagaStepStarted",
 ]
 
 
@@ -29,22 +32,55 @@ class SagaEvent(DomainEvent):
         saga_name: Its registered name.
         correlation_id: Its correlation id (the saga id unless set at ``start()``).
         step_name: The step concerned, for step events (``None`` otherwise).
+        worker_id: The worker that published it (the requesting process's manager for
+            ``SagaCancelRequested``).
     """
 
     saga_id: str
     saga_name: str
     correlation_id: str
     step_name: str | None = None
+    worker_id: str = ""
 
 
 class SagaStarted(SagaEvent):
     """A saga's run began for the first time."""
 
 
-class SagaStepCompleted(SagaEvent):
-    """A step completed; ``attempt`` is the attempt that succeeded."""
+class SagaResumed(SagaEvent):
+    """A worker took over a saga another worker (or incarnation) had been running.
+
+    Attributes:
+        previous_owner: The worker that held it before (``None`` when it was released).
+        recovery_attempts: Takeovers from crashed workers since it last made progress.
+    """
+
+    previous_owner: str | None = None
+    recovery_attempts: int = 0
+
+
+class SagaCancelRequested(SagaEvent):
+    """Some process asked to cancel the saga (``cancel()``); ``reason`` says why."""
+
+    reason: str = ""
+
+
+class SagaStepStarted(SagaEvent):
+    """An attempt of a step is starting; ``attempt`` counts from 1."""
 
     attempt: int = 1
+
+
+class SagaStepCompleted(SagaEvent):
+    """A step completed; ``attempt`` is the attempt that succeeded.
+
+    Attributes:
+        attempt: The attempt that succeeded.
+        duration_seconds: From the visit's first attempt to its completion.
+    """
+
+    attempt: int = 1
+    duration_seconds: float = 0.0
 
 
 class SagaStepFailed(SagaEvent):
@@ -72,16 +108,30 @@ class SagaStepCompensated(SagaEvent):
 
 
 class SagaCompleted(SagaEvent):
-    """The saga completed every step."""
+    """The saga completed every step; ``duration_seconds`` since it was stored."""
+
+    duration_seconds: float = 0.0
 
 
 class SagaCompensated(SagaEvent):
-    """The saga failed and every completed step was compensated."""
+    """The saga failed and every completed step was compensated.
+
+    Attributes:
+        error: Why the saga failed.
+        duration_seconds: Since the saga was stored.
+    """
 
     error: str = ""
+    duration_seconds: float = 0.0
 
 
 class SagaFailed(SagaEvent):
-    """The saga ended ``FAILED`` (a compensation failed, or compensation is disabled)."""
+    """The saga ended ``FAILED`` (a compensation failed, or compensation is disabled).
+
+    Attributes:
+        error: Why.
+        duration_seconds: Since the saga was stored.
+    """
 
     error: str = ""
+    duration_seconds: float = 0.0

@@ -183,6 +183,9 @@ class OrchestratedStep:
         compensation_max_retries: Retries of the compensation (default from the config).
         compensation_retry_delay: Base delay between compensation attempts.
         compensation_timeout: Limit of each compensation attempt, in seconds.
+        compensate_failed: Run the compensation also when the action fails (its side
+            effect may exist after a lost reply, a timeout, a cancel or a crash loop); the
+            compensation sees ``ctx.action_completed`` is ``False``. Needs a compensation.
     """
 
     name: str
@@ -198,6 +201,7 @@ class OrchestratedStep:
     compensation_max_retries: int | None = None
     compensation_retry_delay: float | None = None
     compensation_timeout: float | None = None
+    compensate_failed: bool = False
 
     def __post_init__(self) -> None:
         # Upstream passes a list; keep a tuple so the step stays immutable and hashable.
@@ -419,6 +423,16 @@ def _compile_step(
         retry_delay=step.compensation_retry_delay,
         timeout=step.compensation_timeout,
     )
+    if not isinstance(step.compensate_failed, bool):
+        raise SagaDefinitionError(
+            f"flow '{saga}': step '{step.name}': compensate_failed must be a bool",
+            step_name=step.name,
+        )
+    if step.compensate_failed and undo is None:
+        raise SagaDefinitionError(
+            f"flow '{saga}': step '{step.name}' has compensate_failed=True but no compensation",
+            step_name=step.name,
+        )
     node = FlowStep(
         name=step.name,
         action=execute,
@@ -431,6 +445,7 @@ def _compile_step(
             _compile_step(saga, child, step.name, config, nodes) for child in step.parallel
         ),
         parent=parent,
+        compensate_failed=step.compensate_failed,
     )
     nodes[step.name] = node
     return node

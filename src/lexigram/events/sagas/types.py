@@ -97,8 +97,9 @@ _STEP_TRANSITIONS: dict[SagaStepStatus, frozenset[SagaStepStatus]] = {
     ),
     SagaStepStatus.COMPENSATING: frozenset({SagaStepStatus.COMPENSATED, SagaStepStatus.FAILED}),
     SagaStepStatus.COMPENSATED: frozenset(),
-    # A failed step may be entered again by an orchestrated cycle (a new visit).
-    SagaStepStatus.FAILED: frozenset({SagaStepStatus.RUNNING}),
+    # A failed step may be entered again by an orchestrated cycle (a new visit), and a
+    # ``compensate_failed`` step is compensated although its action failed.
+    SagaStepStatus.FAILED: frozenset({SagaStepStatus.RUNNING, SagaStepStatus.COMPENSATING}),
 }
 
 
@@ -156,7 +157,8 @@ def redrive_saga(record: SagaRecord, now: datetime) -> None:
         raise ValueError(f"saga '{record.saga_id}' is {record.status.value}, not failed")
     for step in record.steps.values():
         if step.status is SagaStepStatus.FAILED and step.compensation_error is not None:
-            step.status = SagaStepStatus.COMPLETED
+            if step.completion_seq is not None:  # its action completed (else: it stays
+                step.status = SagaStepStatus.COMPLETED  # FAILED, a compensate_failed step)
             step.compensation_attempts = 0
             step.compensation_error = None
             step.compensated_at = None

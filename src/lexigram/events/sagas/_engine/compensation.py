@@ -32,12 +32,24 @@ from lexigram.events.sagas.types import (
     move_step,
 )
 
-__all__ = ["Compensation", "poison_message"]
+__all__ = ["Compensation", "poison_message", "seconds_between"]
 
 logger = logging.getLogger(__name__)
 
 _COMPLETED = SagaStepStatus.COMPLETED
 _FAILED = SagaStepStatus.FAILED
+
+
+def seconds_between(start: datetime | None, end: datetime | None) -> float:
+    """``end - start`` in seconds (0 when either is unknown)."""
+    if start is None or end is None:
+        return 0.0
+    return max((end - start).total_seconds(), 0.0)
+
+
+def _undo_order(step: SagaStepRecord) -> float:
+    """Completion order; a step whose action did not complete ran last of all."""
+    return float("inf") if step.completion_seq is None else step.completion_seq
 
 
 def poison_message(record: SagaRecord) -> str:
@@ -69,14 +81,18 @@ class Compensation:
     async def _announce(self, run: SagaRun) -> None:
         """Publish the terminal event and wake the waiters (the record is durable now)."""
         record = run.record
-        if self.events.bus is None:
-            pass
-        elif record.status is SagaStatus.COMPLETED:
-            await self.events.publish(run, ev.SagaCompleted)
-        elif record.status is SagaStatus.COMPENSATED:
-            await self.events.publish(run, ev.SagaCompensated, error=record.error or "")
-        else:
-            await self.events.publish(run, ev.SagaFailed, error=record.error or "")
+        if self.events.bus is not None:
+            took = seconds_between(record.created_at, record.completed_at)
+            if record.status is SagaStatus.COMPLETED:
+                await self.events.publish(run, ev.SagaCompleted, duration_seconds=took)
+            elif record.status is SagaStatus.COMPENSATED:
+                await self.events.publish(
+                    run, ev.SagaCompensated, error=record.error or "", duration_seconds=took
+                )
+            else:
+                await self.events.publish(
+                    run, ev.SagaFailed, error=record.error or "", duration_seconds=took
+                )
         run.finish(record)
 
     # ------------------------------------------------------------------ writes
@@ -135,16 +151,25 @@ class Compensation:
         await self._compensate(run, poisoned=False)
 
     def _to_compensate(self, run: SagaRun) -> list[SagaStepRecord]:
-        """Completed steps that have a compensation, latest completion first."""
+        """Steps to compensate, latest completion first.
+
+        Completed steps that have a compensation, and ``compensate_failed`` steps whose
+        action failed (and whose compensation has not given up): those come first, as
+        they ran last.
+        """
         flow_steps = run.flow.steps
-        todo = [
-            step
-            for step in run.record.steps.values()
-            if step.status in (_COMPLETED, SagaStepStatus.COMPENSATING)
-            and step.step_name in flow_steps
-            and flow_steps[step.step_name].compensation is not None
-        ]
-        todo.sort(key=lambda step: step.completion_seq or 0, reverse=True)
+        todo = []
+        for step in run.record.steps.values():
+            node = flow_steps.get(step.step_name)
+            if node is None or node.compensation is None:
+                continue
+            if step.status in (_COMPLETED, SagaStepStatus.COMPENSATING) or (
+                step.status is _FAILED
+                and node.compensate_failed
+                and step.compensation_error is None
+            ):
+                todo.append(step)
+        todo.sort(key=_undo_order, reverse=True)
         return todo
 
     async def _compensate(self, run: SagaRun, *, poisoned: bool) -> None:
@@ -195,6 +220,7 @@ class Compensation:
         ctx = run.ctx
         ctx.step_name = node.name
         ctx.compensating = True
+        ctx.action_completed = step.completion_seq is not None
         ctx.use_key(node.name, max(step.visits, 1), compensation=True)
         move_step(step, SagaStepStatus.COMPENSATING)
         task = run.task

@@ -40,12 +40,18 @@ from lexigram.events.sagas import events as ev
 from lexigram.events.sagas._engine.announce import Announcer
 from lexigram.events.sagas._engine.attempt import attempt_once
 from lexigram.events.sagas._engine.backoff import retry_backoff
-from lexigram.events.sagas._engine.compensation import Compensation, poison_message
+from lexigram.events.sagas._engine.compensation import Compensation, poison_message, seconds_between
 from lexigram.events.sagas._engine.deadlines import DeadlineTimer
 from lexigram.events.sagas._engine.flow import Flow, FlowStep
 from lexigram.events.sagas._engine.heartbeat import Heartbeat
 from lexigram.events.sagas._engine.rules import describe_error
-from lexigram.events.sagas._engine.run import BROKEN, Interrupted, SagaRun, StopReason
+from lexigram.events.sagas._engine.run import (
+    BROKEN,
+    Interrupted,
+    SagaRun,
+    StopReason,
+    collect_task,
+)
 from lexigram.events.sagas._engine.steps import (
     check_child,
     enter_step,
@@ -55,7 +61,6 @@ from lexigram.events.sagas._engine.steps import (
 )
 from lexigram.events.sagas._engine.writer import RecordWriter, describe_rejections
 from lexigram.events.sagas._leases import LeasePolicy
-from lexigram.events.sagas._logging import log_fields
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import SagaContext, storable_text
 from lexigram.events.sagas.errors import SagaError
@@ -76,26 +81,6 @@ logger = logging.getLogger(__name__)
 _RUNNING = SagaStepStatus.RUNNING
 _COMPLETED = SagaStepStatus.COMPLETED
 _FAILED = SagaStepStatus.FAILED
-
-
-def _collect(task: asyncio.Task[None]) -> None:
-    """Read how an engine task ended, so no exception is left "never retrieved".
-
-    A run task ends with an exception only when the process is going down inside it (a
-    ``BaseException`` such as ``SystemExit``, or ``testing.SimulatedCrash``): the saga is
-    left as stored, like after a real crash, and this says so once.
-    """
-    if task.cancelled():
-        return
-    error = task.exception()
-    if error is not None:
-        saga_id = task.get_name().removeprefix("saga:")
-        logger.warning(
-            "%s ended by %r; its saga stays as stored",
-            task.get_name(),
-            error,
-            extra=log_fields(saga_id=saga_id if saga_id != task.get_name() else None),
-        )
 
 
 class Engine(Compensation):
@@ -136,7 +121,7 @@ class Engine(Compensation):
             worker_id=worker_id,
             lease_id=lease_id,
             runs=self.runs,
-            on_done=_collect,
+            on_done=collect_task,
         )
         self._deadlines = DeadlineTimer(StopReason.DEADLINE, "saga deadline passed")
 
@@ -188,12 +173,13 @@ class Engine(Compensation):
             # suspended saga keeps one frame less alive (memory per saga in flight).
             broken = self._build_instance(run)
             poisoned = record.recovery_attempts > self.config.max_recovery_attempts
+            if self.bus is not None:
+                await self.events.launched(run)
             if record.status is SagaStatus.COMPENSATING:
                 await self._compensate(run, poisoned=poisoned)
                 return
             if record.status is SagaStatus.PENDING:
                 move_saga(record, SagaStatus.RUNNING)
-                self.events.queue(run, ev.SagaStarted)
             try:
                 failure = broken or (self._poison(run) if poisoned else await self._forward(run))
                 if failure is None:
@@ -227,7 +213,7 @@ class Engine(Compensation):
             # The process is going down inside this task (SystemExit, a simulated crash):
             # read the task's exception once it ends (rare, so no callback on every run).
             if run.task is not None:
-                run.task.add_done_callback(_collect)
+                run.task.add_done_callback(collect_task)
             raise
         finally:
             # Released before it leaves ``runs``: a saga this worker holds is always either
@@ -351,6 +337,8 @@ class Engine(Compensation):
         while True:
             attempt = step.attempts + 1
             ctx.attempt = attempt
+            if self.bus is not None:
+                await self.events.publish(run, ev.SagaStepStarted, name, attempt=attempt)
             outcome = await attempt_once(
                 run, action, ctx, policy, task, non_retryable, forward=True
             )
@@ -474,8 +462,14 @@ class Engine(Compensation):
         refused = await self._writer.save(run, finish=finish)
         if not refused:
             if self.bus is not None:  # checked here: the event is not even built without
-                attempt = run.record.steps[node.name].attempts
-                await self.events.publish(run, ev.SagaStepCompleted, node.name, attempt=attempt)
+                step = run.record.steps[node.name]
+                await self.events.publish(
+                    run,
+                    ev.SagaStepCompleted,
+                    node.name,
+                    attempt=step.attempts,
+                    duration_seconds=seconds_between(step.started_at, step.completed_at),
+                )
             return None
         error = self._refused_error(node.name, refused)
         fail_step(run, node, error, self.clock())

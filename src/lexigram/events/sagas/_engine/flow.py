@@ -58,6 +58,7 @@ class FlowStep:
     on_failure: str | None = None
     children: tuple[FlowStep, ...] = ()
     parent: str | None = None
+    compensate_failed: bool = False
 
     @property
     def is_group(self) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable
 from enum import Enum
 from typing import Any, Final
@@ -21,7 +22,9 @@ from lexigram.events.sagas.context import SagaContext
 from lexigram.events.sagas.events import SagaEvent
 from lexigram.events.sagas.types import SagaRecord
 
-__all__ = ["BROKEN", "Interrupted", "SagaRun", "StopReason"]
+__all__ = ["BROKEN", "Interrupted", "SagaRun", "StopReason", "collect_task"]
+
+logger = logging.getLogger(__name__)
 
 BROKEN: Final = object()
 """``SagaRun.instance`` when the saga's factory raised: no step or compensation can run."""
@@ -229,3 +232,23 @@ class SagaRun:
         if self._save_lock is None:
             self._save_lock = asyncio.Lock()
         return self._save_lock
+
+
+def collect_task(task: asyncio.Task[None]) -> None:
+    """Read how an engine task ended, so no exception is left "never retrieved".
+
+    A run task ends with an exception only when the process is going down inside it (a
+    ``BaseException`` such as ``SystemExit``, or ``testing.SimulatedCrash``): the saga is
+    left as stored, like after a real crash, and this says so once.
+    """
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None:
+        saga_id = task.get_name().removeprefix("saga:")
+        logger.warning(
+            "%s ended by %r; its saga stays as stored",
+            task.get_name(),
+            error,
+            extra=log_fields(saga_id=saga_id if saga_id != task.get_name() else None),
+        )
