@@ -302,3 +302,47 @@ async def test_retry_redrives_a_failed_saga_to_compensated() -> None:
         await client.retry("ghost")
     await client.close()
     await worker.close()
+
+
+# ------------------------------------------------------------------ per-type configuration
+
+
+async def test_a_saga_type_runs_with_its_own_config() -> None:
+    """``register(..., config=)`` sets one type's deadline and retries, not the others'."""
+    script = Script()
+    script.behaviours["a"] = raise_each(ConnectionError("flaky"), ConnectionError("flaky"))
+    manager = SagaManager(config=SagaConfig(retry_delay_seconds=0, max_retries_per_step=0))
+    own = SagaConfig(retry_delay_seconds=0, max_retries_per_step=3, default_timeout_seconds=7)
+    manager.register(saga_class(script, name="patient"), config=own)
+    manager.register(saga_class(Script(), name="plain"))
+    record = await manager.execute("patient", timeout=5)
+    assert record.status is SagaStatus.COMPLETED  # two retries allowed by its own config
+    assert record.created_at is not None
+    assert record.deadline_at == record.created_at + timedelta(seconds=7)
+    plain = await manager.execute("plain", timeout=5)
+    assert plain.created_at is not None
+    assert plain.deadline_at == plain.created_at + timedelta(
+        seconds=SagaConfig().default_timeout_seconds
+    )
+    with pytest.raises(TypeError, match="config must be a SagaConfig"):
+        manager.register(saga_class(Script(), name="bad"), config={"x": 1})  # type: ignore[arg-type]
+    await manager.close()
+
+
+async def test_an_enqueued_saga_gets_its_types_deadline_when_it_first_runs() -> None:
+    """The deadline of an enqueued saga counts from its first run, by its type's config."""
+    clock = ManualClock(datetime(2030, 1, 1, tzinfo=UTC))
+    store = InMemorySagaStore(clock=clock)
+    own = SagaConfig(retry_delay_seconds=0, default_timeout_seconds=60)
+    client = SagaManager(store=store, clock=clock)
+    client.register(saga_class(Script()), config=own)
+    worker = SagaManager(store=store, clock=clock)
+    worker.register(saga_class(Script()), config=own)
+    saga_id = await client.enqueue("scripted")
+    clock.advance(3600)  # an hour in the queue does not eat into its minute
+    async with serving(worker, poll_interval=0.01):
+        record = await client.wait(saga_id, timeout=5)
+    assert record.status is SagaStatus.COMPLETED
+    assert record.deadline_at == clock.now + timedelta(seconds=60)
+    await client.close()
+    await worker.close()

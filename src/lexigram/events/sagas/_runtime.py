@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import dataclasses
 import logging
 import os
 import socket
@@ -20,7 +21,7 @@ from typing import Any, Self
 
 from lexigram.events._bus import EventBusProtocol
 from lexigram.events._domain import DomainEvent
-from lexigram.events.sagas import events as ev
+from lexigram.events.sagas._control import ControlAPI
 from lexigram.events.sagas._engine.engine import Engine, StopReason
 from lexigram.events.sagas._engine.flow import Flow
 from lexigram.events.sagas._engine.recovery import Recovery, RecoveryProblem
@@ -30,7 +31,6 @@ from lexigram.events.sagas._service import ServiceAPI, check_new
 from lexigram.events.sagas._subscriptions import Subscriptions, starter
 from lexigram.events.sagas.codec import MAX_SAGA_ID_LENGTH
 from lexigram.events.sagas.config import SagaConfig, check_list_limit
-from lexigram.events.sagas.context import storable_text
 from lexigram.events.sagas.errors import (
     ConcurrencyConflictError,
     SagaError,
@@ -53,7 +53,7 @@ def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class SagaRuntime(ServiceAPI):
+class SagaRuntime(ServiceAPI, ControlAPI):
     """Runs registered sagas in this process, as one worker sharing a store with others.
 
     A runtime is a client (``enqueue``, ``cancel``, ``retry``, ``get``, ``wait``), a
@@ -148,9 +148,24 @@ class SagaRuntime(ServiceAPI):
         """Return the compiled definition registered under ``saga_name``."""
         return self._registry.get(saga_name)
 
-    def _add_flow(self, flow: Flow, source: object, max_concurrency: int | None = None) -> None:
-        """Register a compiled flow (front-ends call this)."""
+    def _add_flow(
+        self,
+        flow: Flow,
+        source: object,
+        max_concurrency: int | None = None,
+        config: SagaConfig | None = None,
+    ) -> Flow:
+        """Register a compiled flow (front-ends call this); return it as registered."""
+        if config is not None:
+            flow = dataclasses.replace(flow, config=config)
         self._registry.add(flow, source, max_concurrency)
+        return self._registry.flows[flow.name]
+
+    @staticmethod
+    def _type_config(config: object) -> SagaConfig | None:
+        if config is not None and not isinstance(config, SagaConfig):
+            raise TypeError(f"config must be a SagaConfig, got {type(config).__name__}")
+        return config
 
     # ------------------------------------------------------------------ starting and waiting
 
@@ -178,6 +193,12 @@ class SagaRuntime(ServiceAPI):
             return saga_id  # already running (or being stored) here
         now = self._clock()
         engine = self._engine
+        config = flow.config
+        timeout = (
+            self._timeout_delta
+            if config is None
+            else timedelta(seconds=config.default_timeout_seconds)
+        )
         record = SagaRecord(
             saga_id=saga_id,
             saga_name=name,
@@ -185,7 +206,7 @@ class SagaRuntime(ServiceAPI):
             created_at=now,
             updated_at=now,
             metadata={"correlation_id": correlation_id or saga_id},
-            deadline_at=now + self._timeout_delta,
+            deadline_at=now + timeout,
             current_step=flow.entry,
             lease_owner=engine.worker_id,  # held by this worker from the first write
             lease_id=engine.lease_id,
@@ -203,7 +224,11 @@ class SagaRuntime(ServiceAPI):
                 return saga_id
             finally:
                 self._starting.discard(saga_id)
-            engine.launch(record, flow, deadline_in=self._config.default_timeout_seconds)
+            engine.launch(
+                record,
+                flow,
+                deadline_in=(config or self._config).default_timeout_seconds,
+            )
         finally:
             self._launching -= 1
             if self._idle is not None:  # close() is waiting
@@ -320,101 +345,6 @@ class SagaRuntime(ServiceAPI):
         if status is not None:
             status = SagaStatus(status)
         return await self._store.list(saga_name=saga_name, status=status, limit=limit)
-
-    # ------------------------------------------------------------------ control
-
-    async def cancel(self, saga_id: str, *, reason: str = "cancelled by request") -> SagaRecord:
-        """Cancel the saga, from any process; return its record.
-
-        When this manager runs the saga, its step is stopped, the completed steps are
-        compensated and the terminal record is returned. Otherwise the request is stored
-        (it survives restarts) and the stored record is returned at once, with
-        ``cancel_requested_at`` set: the worker holding the saga stops it within one
-        heartbeat (at once where the store signals it), and a saga nobody holds is
-        compensated by the next worker that claims it (``serve``, ``recover``). ``wait()``
-        gives the outcome. A no-op on a terminal saga.
-
-        Raises:
-            SagaNotFoundError: no saga has this id.
-            TypeError: ``reason`` is not a str.
-        """
-        if not isinstance(reason, str):
-            raise TypeError(f"reason must be a str, got {type(reason).__name__}")
-        reason = storable_text(reason)
-        run = self._engine.runs.get(saga_id)
-        if run is not None:
-            run.stop(StopReason.CANCEL, reason)
-            return await self.wait(saga_id)
-        self._check_open()
-        record = await self._store.request_cancel(saga_id, reason)
-        if record is None:
-            raise SagaNotFoundError.for_id(saga_id)
-        if not record.is_terminal:
-            logger.info(
-                "saga %s: cancel requested (%s)",
-                saga_id,
-                record.cancel_reason,
-                extra=log_fields(saga_id=saga_id, saga_name=record.saga_name),
-            )
-            events = self._engine.events
-            await events.emit(
-                events.build(record, ev.SagaCancelRequested, reason=record.cancel_reason or "")
-            )
-        return record
-
-    async def resume(self, saga_id: str) -> None:
-        """Run a non-terminal saga from its last durable point in this worker.
-
-        Raises:
-            SagaNotFoundError: no saga has this id, or its name is not registered here.
-            SagaLeaseError: another live worker holds the saga.
-            SagaDefinitionError: the registered definition no longer matches its progress.
-        """
-        self._check_open()
-        if saga_id in self._engine.runs:
-            return
-        self._begin_launch()
-        try:
-            record = await self._store.load(saga_id)
-            if record is None:
-                raise SagaNotFoundError.for_id(saga_id)
-            if record.is_terminal:
-                return
-            claimed, flow = await self._recovery.take_over(record)
-            self._engine.launch(claimed, flow)
-        finally:
-            self._end_launch()
-
-    async def recover(self) -> int:
-        """Claim and resume every non-terminal saga of a registered name no live worker holds.
-
-        Sagas whose definition is not registered here, or no longer matches their recorded
-        progress, are left untouched and listed in ``recovery_problems`` (and logged).
-        Returns how many sagas were resumed.
-        """
-        self._check_open()
-        self._begin_launch()
-        try:
-            resumed, self.recovery_problems = await self._recovery.recover()
-        finally:
-            self._end_launch()
-        return resumed
-
-    async def cleanup(self) -> int:
-        """Delete terminal sagas older than ``cleanup_completed_after_hours``; return how many.
-
-        Never touches a saga that is not terminal. With the setting at ``0``, keeps all.
-        """
-        hours = self._config.cleanup_completed_after_hours
-        if hours == 0:
-            return 0
-        before = self._clock() - timedelta(hours=hours)
-        total = 0
-        while True:
-            deleted = await self._store.delete_terminal(before=before, limit=1000)
-            total += deleted
-            if deleted < 1000:
-                return total
 
     # ------------------------------------------------------------------ choreography
 

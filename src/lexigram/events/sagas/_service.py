@@ -365,9 +365,8 @@ class _Server:
             return
         align_cursor(flow, record)
         if record.deadline_at is None:  # enqueued: the deadline counts from the first run
-            record.deadline_at = engine.clock() + timedelta(
-                seconds=self._api._config.default_timeout_seconds
-            )
+            config = flow.config or self._api._config
+            record.deadline_at = engine.clock() + timedelta(seconds=config.default_timeout_seconds)
         engine.launch(record, flow)
 
     def _refuse(self, record: SagaRecord, error: SagaError) -> None:

@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from lexigram.events.sagas._runtime import RecoveryProblem, SagaRuntime
 from lexigram.events.sagas.base import SagaBase, compile_saga
+from lexigram.events.sagas.config import SagaConfig
 
 __all__ = ["RecoveryProblem", "SagaManager", "SagaManagerProtocol"]
 
@@ -38,6 +39,7 @@ class SagaManager(SagaRuntime):
         *,
         factory: Callable[[], SagaBase] | None = None,
         max_concurrency: int | None = None,
+        config: SagaConfig | None = None,
     ) -> S:
         """Validate ``saga_class`` and make it startable under its ``name``.
 
@@ -47,6 +49,9 @@ class SagaManager(SagaRuntime):
                 services by constructor); defaults to calling the class.
             max_concurrency: At most this many sagas of the class run at once in one
                 ``serve()`` worker (no cap beyond ``concurrency`` when omitted).
+            config: This saga type's own settings (deadline, retries, timeouts,
+                compensation, transitions, crash-loop limit) instead of the manager's;
+                worker-wide settings (leases, shutdown, cleanup) stay the manager's.
 
         Returns:
             The class, so ``register`` can be used as a class decorator.
@@ -57,8 +62,9 @@ class SagaManager(SagaRuntime):
                 again is a no-op.
             ValueError: ``max_concurrency`` is not a positive int.
         """
-        flow = compile_saga(saga_class, self.config, factory)
-        self._add_flow(flow, saga_class, max_concurrency)
+        own = self._type_config(config)
+        flow = compile_saga(saga_class, own or self.config, factory)
+        self._add_flow(flow, saga_class, max_concurrency, own)
         return saga_class
 
 

@@ -235,6 +235,7 @@ class SagaOrchestrator(SagaRuntime):
         steps: Sequence[OrchestratedStep],
         *,
         max_concurrency: int | None = None,
+        config: SagaConfig | None = None,
     ) -> Flow:
         """Validate a flow and make it startable under ``name``.
 
@@ -243,6 +244,8 @@ class SagaOrchestrator(SagaRuntime):
             steps: The flow's steps; the first one is the entry.
             max_concurrency: At most this many sagas of the flow run at once in one
                 ``serve()`` worker (no cap beyond ``concurrency`` when omitted).
+            config: This flow's own settings instead of the orchestrator's (see
+                ``SagaManager.register``).
 
         Returns:
             The compiled flow (pass it to :func:`~lexigram.events.sagas.diagram.to_mermaid`
@@ -254,13 +257,13 @@ class SagaOrchestrator(SagaRuntime):
                 different definition is already registered under ``name``.
             ValueError: ``max_concurrency`` is not a positive int.
         """
-        flow = compile_flow(name, steps, self.config)
+        own = self._type_config(config)
+        flow = compile_flow(name, steps, own or self.config)
         if name in self.registered:
             existing = self.flow(name)
             if existing.source == flow.source:
                 return existing
-        self._add_flow(flow, flow.source, max_concurrency)
-        return flow
+        return self._add_flow(flow, flow.source, max_concurrency, own)
 
 
 def compile_flow(name: str, steps: Sequence[OrchestratedStep], config: SagaConfig) -> Flow:

@@ -142,7 +142,7 @@ class Compensation:
         record.error = failure.message
         record.failure = failure
         record.current_step = None
-        if not self.config.enable_compensation:
+        if not run.config.enable_compensation:
             await self._finish(run, SagaStatus.FAILED)
             return
         move_saga(record, SagaStatus.COMPENSATING)
@@ -229,7 +229,7 @@ class Compensation:
             attempt = step.compensation_attempts + 1
             ctx.attempt = attempt
             outcome = await attempt_once(
-                run, func, ctx, policy, task, self.config.non_retryable_exceptions, forward=False
+                run, func, ctx, policy, task, run.config.non_retryable_exceptions, forward=False
             )
             step.compensation_attempts = attempt
             if outcome.ok:
@@ -249,5 +249,5 @@ class Compensation:
                 )
                 return
             await self._save_noting(run, None)
-            delay = retry_backoff(policy.retry_delay, self.config).delay(attempt, self.rand)
+            delay = retry_backoff(policy.retry_delay, run.config).delay(attempt, self.rand)
             await self._pause(run, delay, task, forward=False)

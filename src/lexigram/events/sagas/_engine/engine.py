@@ -149,7 +149,7 @@ class Engine(Compensation):
         if running is not None:  # never two runs of one saga in one worker
             return running
         loop = asyncio.get_running_loop()
-        run = SagaRun(record, flow, self.worker_id)
+        run = SagaRun(record, flow, self.worker_id, self.config)
         if stop is None and record.cancel_requested_at is not None:  # asked from anywhere
             stop = (StopReason.CANCEL, record.cancel_reason or "cancelled by request")
         if stop is not None:
@@ -172,7 +172,7 @@ class Engine(Compensation):
             # Driving the run is written out here rather than in a helper coroutine: a
             # suspended saga keeps one frame less alive (memory per saga in flight).
             broken = self._build_instance(run)
-            poisoned = record.recovery_attempts > self.config.max_recovery_attempts
+            poisoned = record.recovery_attempts > run.config.max_recovery_attempts
             if self.bus is not None:
                 await self.events.launched(run)
             if record.status is SagaStatus.COMPENSATING:
@@ -262,7 +262,7 @@ class Engine(Compensation):
         step = run.record.current_step
         if run.stop_reason is StopReason.DEADLINE:
             message = (
-                f"saga timed out: its deadline of {self.config.default_timeout_seconds:g}s passed"
+                f"saga timed out: its deadline of {run.config.default_timeout_seconds:g}s passed"
             )
             return SagaFailure("deadline", step, message)
         reason = storable_text(run.stop_message or "cancelled")
@@ -274,7 +274,7 @@ class Engine(Compensation):
         flow = run.flow
         task = run.task
         assert task is not None  # set when the run's task starts
-        max_transitions = self.config.max_transitions
+        max_transitions = run.config.max_transitions
         while True:
             name = record.current_step
             if name is None:  # every step done; only the terminal write was missing
@@ -333,7 +333,7 @@ class Engine(Compensation):
         ctx.use_key(name, step.visits, compensation=False)
         action = node.action
         assert action is not None  # validated at definition time
-        non_retryable = self.config.non_retryable_exceptions
+        non_retryable = run.config.non_retryable_exceptions
         while True:
             attempt = step.attempts + 1
             ctx.attempt = attempt
@@ -363,7 +363,7 @@ class Engine(Compensation):
                 )
                 refused = await self._writer.save(run)
                 if not refused:
-                    delay = retry_backoff(policy.retry_delay, self.config).delay(attempt, self.rand)
+                    delay = retry_backoff(policy.retry_delay, run.config).delay(attempt, self.rand)
                     await self._pause(run, delay, task, forward=True)
                     continue
                 if retrying in run.outbox:

@@ -77,6 +77,8 @@ class Flow:
         linear: For sequential sagas, the step order; ``None`` for graphs.
         make_instance: Builds the object passed to step callables for one run.
         source: What the flow was compiled from (a class or a flow definition).
+        config: The saga type's own configuration (``register(..., config=)``), or
+            ``None`` to run with the manager's.
     """
 
     name: str
@@ -85,6 +87,7 @@ class Flow:
     linear: tuple[str, ...] | None
     make_instance: Callable[[], object]
     source: object
+    config: SagaConfig | None = None
 
 
 def resolve_policy(

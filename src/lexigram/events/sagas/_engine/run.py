@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from lexigram.events.sagas._engine.flow import Flow
 from lexigram.events.sagas._logging import log_fields
+from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import SagaContext
 from lexigram.events.sagas.events import SagaEvent
 from lexigram.events.sagas.types import SagaRecord
@@ -25,6 +26,8 @@ from lexigram.events.sagas.types import SagaRecord
 __all__ = ["BROKEN", "Interrupted", "SagaRun", "StopReason", "collect_task"]
 
 logger = logging.getLogger(__name__)
+
+_DEFAULT_CONFIG = SagaConfig()
 
 BROKEN: Final = object()
 """``SagaRun.instance`` when the saga's factory raised: no step or compensation can run."""
@@ -65,6 +68,7 @@ class SagaRun:
     __slots__ = (
         "_save_lock",
         "cancelled_tasks",
+        "config",
         "ctx",
         "finished",
         "flow",
@@ -81,9 +85,17 @@ class SagaRun:
         "worker_id",
     )
 
-    def __init__(self, record: SagaRecord, flow: Flow, worker_id: str = "") -> None:
+    def __init__(
+        self,
+        record: SagaRecord,
+        flow: Flow,
+        worker_id: str = "",
+        config: SagaConfig = _DEFAULT_CONFIG,
+    ) -> None:
         self.record = record
         self.flow = flow
+        # The settings this saga runs with: its type's own, else its manager's.
+        self.config = config if flow.config is None else flow.config
         self.worker_id = worker_id
         # One future per waiter, so that cancelling a waiter never touches the run.
         self.waiters: list[asyncio.Future[SagaRecord | None]] = []

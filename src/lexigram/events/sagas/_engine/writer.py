@@ -95,7 +95,7 @@ class RecordWriter:
             refused = _adopt_context(run)
             if refused:
                 return refused
-        if finish is None and not self.config.persist_state:
+        if finish is None and not run.config.persist_state:
             if run.outbox:
                 await self._flush(run)
             return _NONE
