@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import pytest
 
@@ -23,8 +24,10 @@ from lexigram.events.sagas import (
     SagaStatus,
     SagaStepStatus,
 )
-from lexigram.events.sagas.testing import ManualClock
+from lexigram.events.sagas.testing import ManualClock, StoreCall, StoreWrapper
 from tests.support.helpers import (
+    Fault,
+    FaultStore,
     Script,
     Tuning,
     blocking,
@@ -35,6 +38,7 @@ from tests.support.helpers import (
 )
 
 FAST = SagaConfig(retry_delay_seconds=0, shutdown_timeout=1)
+T = TypeVar("T")
 
 
 @contextlib.asynccontextmanager
@@ -346,3 +350,63 @@ async def test_an_enqueued_saga_gets_its_types_deadline_when_it_first_runs() -> 
     assert record.deadline_at == clock.now + timedelta(seconds=60)
     await client.close()
     await worker.close()
+
+
+# ------------------------------------------------------------------ a worker under attack
+
+
+async def test_a_claim_whose_reply_was_lost_strands_nothing() -> None:
+    """A claim that landed but raised is adopted at once, not after its lease expires."""
+    inner = InMemorySagaStore()
+    store = FaultStore(inner, Fault(ambiguous={2}))  # write 1: the enqueue; 2: the claim
+    client = manager_for(Script(), store=store, config=FAST)
+    worker = manager_for(Script(), store=store, config=FAST)
+    saga_id = await client.enqueue("scripted")
+    async with serving(worker, poll_interval=0.05):
+        record = await client.wait(saga_id, timeout=5)
+    assert record.status is SagaStatus.COMPLETED
+    await client.close()
+    await worker.close()
+
+
+async def test_the_worker_loop_survives_a_store_that_raises_anything() -> None:
+    """An unexpected error from a claim is logged; the loop claims again and goes on."""
+
+    class Flaky(StoreWrapper):
+        failures = 3
+
+        async def forward(self, call: StoreCall[T]) -> T:
+            if call.method == "claim" and self.failures:
+                self.failures -= 1
+                raise RuntimeError("driver bug")
+            return await super().forward(call)
+
+    inner = InMemorySagaStore()
+    client = manager_for(Script(), store=inner, config=FAST)
+    worker = manager_for(Script(), store=Flaky(inner), config=FAST)
+    saga_id = await client.enqueue("scripted")
+    async with serving(worker, poll_interval=0.01):
+        record = await client.wait(saga_id, timeout=5)
+    assert record.status is SagaStatus.COMPLETED
+    await client.close()
+    await worker.close()
+
+
+async def test_one_manager_serves_once() -> None:
+    """A second ``serve()`` on the same manager is refused while the first runs."""
+    worker = manager_for(Script(), config=FAST)
+    async with serving(worker, poll_interval=0.05):
+        await asyncio.sleep(0.01)
+        with pytest.raises(SagaError, match="already running"):
+            await worker.serve()
+    await worker.close()
+
+
+async def test_a_cancel_reason_must_be_reasonable() -> None:
+    """An over-long reason is refused before anything is stored."""
+    client = manager_for(Script(), config=FAST)
+    saga_id = await client.enqueue("scripted")
+    with pytest.raises(ValueError, match="reason must be at most 2000 characters"):
+        await client.cancel(saga_id, reason="x" * 2001)
+    assert (await stored(client.store, saga_id)).cancel_requested_at is None
+    await client.close()

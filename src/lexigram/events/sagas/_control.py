@@ -20,7 +20,10 @@ from lexigram.events.sagas.errors import SagaNotFoundError
 from lexigram.events.sagas.store import SagaStore
 from lexigram.events.sagas.types import SagaRecord
 
-__all__ = ["ControlAPI"]
+__all__ = ["MAX_REASON_LENGTH", "ControlAPI"]
+
+MAX_REASON_LENGTH = 2000
+"""Longest cancel ``reason`` accepted (it is stored and shown to operators)."""
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +64,14 @@ class ControlAPI:
         Raises:
             SagaNotFoundError: no saga has this id.
             TypeError: ``reason`` is not a str.
+            ValueError: ``reason`` is longer than ``MAX_REASON_LENGTH``.
         """
         if not isinstance(reason, str):
             raise TypeError(f"reason must be a str, got {type(reason).__name__}")
+        if len(reason) > MAX_REASON_LENGTH:
+            raise ValueError(
+                f"reason must be at most {MAX_REASON_LENGTH} characters, got {len(reason)}"
+            )
         reason = storable_text(reason)
         run = self._engine.runs.get(saga_id)
         if run is not None:

@@ -87,6 +87,7 @@ class ServiceAPI:
     _engine: Engine
     _recovery: Recovery
     _closed: bool
+    _serving: bool = False
     recovery_problems: builtins.list[RecoveryProblem]
 
     def _check_open(self) -> None:
@@ -229,15 +230,20 @@ class ServiceAPI:
         Raises:
             ValueError: ``concurrency`` is not a positive int or ``poll_interval`` is not
                 a positive number.
-            SagaError: the manager is closed.
+            SagaError: the manager is closed, or already serving.
         """
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise ValueError(f"concurrency must be a positive int, got {concurrency!r}")
         if not isinstance(poll_interval, int | float) or not 0 < poll_interval < float("inf"):
             raise ValueError(f"poll_interval must be a positive number, got {poll_interval!r}")
         self._check_open()
-        server = _Server(self, concurrency, poll_interval)
-        await server.run(stop)
+        if self._serving:
+            raise SagaError("serve() is already running on this manager")
+        self._serving = True
+        try:
+            await _Server(self, concurrency, poll_interval).run(stop)
+        finally:
+            self._serving = False
 
 
 class _Server:
@@ -329,8 +335,17 @@ class _Server:
         now = time.monotonic()
         self._refused = {k: until for k, until in self._refused.items() if until > now}
         if self._uncertain:  # a claim of ours may have landed: adopt what it stranded
+            try:
+                await self._api._recovery.adopt_stranded(self._api.recovery_problems)
+            except Exception as exc:
+                logger.warning(
+                    "adopting sagas after a failed claim failed (%s); retrying",
+                    exc,
+                    extra=log_fields(worker_id=engine.worker_id),
+                )
+                await asyncio.sleep(self._poll)
+                return
             self._uncertain = False
-            await self._api._recovery.recover()
         for names, limit in self._batches(free):
             limit = min(limit, self._concurrency - len(engine.runs))
             if limit <= 0:
@@ -344,14 +359,19 @@ class _Server:
                     limit=limit,
                     exclude=builtins.list(self._refused),
                 )
-            except SagaStoreUnavailableError as exc:
-                self._uncertain = True
+            except Exception as exc:  # the loop never dies: it claims again next round
+                # An outage may hide a claim that landed: adopt what it stranded next time.
+                if isinstance(exc, SagaStoreUnavailableError | OSError):
+                    self._uncertain = True
+                    self._api._recovery.note_lost_claim()
                 logger.warning(
                     "claiming failed (%s); retrying in %.2fs",
                     exc,
                     self._poll,
+                    exc_info=not self._uncertain,
                     extra=log_fields(worker_id=engine.worker_id),
                 )
+                await asyncio.sleep(self._poll)
                 return
             for record in claimed:
                 self._launch(record)

@@ -69,6 +69,13 @@ class Recovery:
         # only then can a saga be stranded under this worker's own lease.
         self._uncertain = False
 
+    def note_lost_claim(self) -> None:
+        """Say that a claim made outside (``serve()``) failed in a way that may have landed.
+
+        The next :meth:`recover` then looks for sagas stranded under this worker's lease.
+        """
+        self._uncertain = True
+
     def _stranded(self, record: SagaRecord) -> bool:
         """Whether ``record`` is held under this worker's own lease but runs nowhere.
 
@@ -177,16 +184,7 @@ class Recovery:
             await engine.store.release(record.saga_id, engine.worker_id, engine.lease_id)
         unknown, stranded = await self._survey()
         problems += unknown
-        for record in await self._still_stranded(stranded):
-            try:
-                flow = self.resumable(record)
-            except SagaError as error:
-                problems.append(RecoveryProblem(record.saga_id, record.saga_name, error))
-                await engine.store.release(record.saga_id, engine.worker_id, engine.lease_id)
-                continue
-            align_cursor(flow, record)
-            engine.launch(record, flow)
-            resumed += 1
+        resumed += await self._launch_stranded(stranded, problems)
         for problem in problems:
             logger.warning(
                 "recover(): saga %s (%s) left untouched: %s",
@@ -200,6 +198,34 @@ class Recovery:
                 ),
             )
         return resumed, problems
+
+    async def adopt_stranded(self, problems: list[RecoveryProblem]) -> int:
+        """Launch the sagas a lost claim left under this worker's lease; return how many.
+
+        Only after :meth:`note_lost_claim` (else nothing can be stranded). The sagas it
+        cannot resume go to ``problems`` and are released.
+        """
+        if not self._uncertain:
+            return 0
+        _, stranded = await self._survey()
+        return await self._launch_stranded(stranded, problems)
+
+    async def _launch_stranded(
+        self, candidates: list[SagaRecord], problems: list[RecoveryProblem]
+    ) -> int:
+        engine = self._engine
+        launched = 0
+        for record in await self._still_stranded(candidates):
+            try:
+                flow = self.resumable(record)
+            except SagaError as error:
+                problems.append(RecoveryProblem(record.saga_id, record.saga_name, error))
+                await engine.store.release(record.saga_id, engine.worker_id, engine.lease_id)
+                continue
+            align_cursor(flow, record)
+            engine.launch(record, flow)
+            launched += 1
+        return launched
 
     async def _still_stranded(self, candidates: list[SagaRecord]) -> list[SagaRecord]:
         """Of the sagas a listing showed under this worker's lease, those really stranded.
