@@ -48,6 +48,7 @@ try:
     import asyncpg
 
     from lexigram.events.sagas._postgres.dsn import connect_arguments, parse_pairs
+    from lexigram.events.sagas._postgres.schema import SCHEMA_VERSION
     from lexigram.events.sagas.postgres import PostgresSagaStore
 except ImportError:
     if postgres_required():
@@ -364,7 +365,7 @@ async def test_newer_schema_version_is_refused(pg_dsn: str, store: PostgresSagaS
             await newer.open()
     finally:
         await newer.close()
-    assert (caught.value.found_version, caught.value.supported_version) == ("99", 1)
+    assert (caught.value.found_version, caught.value.supported_version) == ("99", SCHEMA_VERSION)
     assert caught.value.table == f"public.{store.table}"
 
 
@@ -385,17 +386,19 @@ async def test_a_missing_schema_is_created(pg_dsn: str) -> None:
             await conn.close()
 
 
-async def test_claims_read_the_partial_index_of_live_sagas(store: PostgresSagaStore) -> None:
-    """The claim statement can be served by the index of non-terminal sagas."""
+async def test_claims_read_the_partial_index_of_free_live_sagas(store: PostgresSagaStore) -> None:
+    """The claim statement can be served by the index of free live sagas.
+
+    ``tests/test_postgres_service.py`` checks what claims read on a big table.
+    """
     await store.save(make_record("s-1"))
     assert store.pool is not None
     async with store.pool.acquire() as conn, conn.transaction():
         await conn.execute("SET LOCAL enable_seqscan = off")  # as on a big table
-        sql = store._sql.claim(by_id=False)
         plan = await conn.fetch(
-            f"EXPLAIN {sql}", ["orders"], "w", "l", timedelta(seconds=30), 10, []
+            f"EXPLAIN {store._sql.claim}", ["orders"], "w", "l", timedelta(seconds=30), 10, []
         )
-    assert any(f"{store.table}_claim_idx" in row[0] for row in plan)
+    assert any(f"{store.table}_fresh_idx" in row[0] for row in plan)
 
 
 # ---------------------------------------------------------------------- writes
@@ -518,6 +521,34 @@ async def test_a_fast_worker_clock_cannot_lengthen_its_lease(store: PostgresSaga
     loaded = await store.load("s-1")
     assert loaded is not None
     assert loaded.lease_expires_at == record.lease_expires_at
+
+
+async def test_a_holders_save_keeps_a_fresh_lease_and_restamps_a_worn_one(
+    store: PostgresSagaStore,
+) -> None:
+    """Saves by the holder leave a lease with 90% left alone (a HOT update), else re-stamp."""
+    record = make_record("s-1", owner="w1", lease_id="l1")
+
+    async def save_now() -> timedelta:
+        now = datetime.now(UTC)
+        record.updated_at, record.lease_expires_at = now, now + timedelta(seconds=30)
+        await store.save(record)
+        [row] = await execute(store, "SELECT lease_expires_at - now() AS left FROM {t}")
+        left: timedelta = row["left"]
+        return left
+
+    assert timedelta(seconds=29) < await save_now() <= timedelta(seconds=30)
+    [before] = await execute(store, "SELECT lease_expires_at FROM {t}")
+    await save_now()
+    [after] = await execute(store, "SELECT lease_expires_at FROM {t}")
+    assert after == before  # kept: nothing indexed changed
+    assert record.lease_expires_at == before["lease_expires_at"]  # and the record says so
+    await execute(store, "UPDATE {t} SET lease_expires_at = now() + interval '20 seconds'")
+    assert timedelta(seconds=29) < await save_now() <= timedelta(seconds=30)  # worn: renewed
+    await execute(store, "UPDATE {t} SET lease_expires_at = now() + interval '1 hour'")
+    assert await save_now() > timedelta(minutes=59)  # the holder's longer lease stays
+    record.lease_id = "l2"
+    assert await save_now() <= timedelta(seconds=30)  # another lease: stamped afresh
 
 
 # ---------------------------------------------------------------------- connections

@@ -408,5 +408,7 @@ async def test_a_cancel_reason_must_be_reasonable() -> None:
     saga_id = await client.enqueue("scripted")
     with pytest.raises(ValueError, match="reason must be at most 2000 characters"):
         await client.cancel(saga_id, reason="x" * 2001)
+    with pytest.raises(ValueError, match="reason must not contain NUL characters"):
+        await client.cancel(saga_id, reason="a\x00b")
     assert (await stored(client.store, saga_id)).cancel_requested_at is None
     await client.close()

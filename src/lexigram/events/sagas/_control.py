@@ -64,10 +64,12 @@ class ControlAPI:
         Raises:
             SagaNotFoundError: no saga has this id.
             TypeError: ``reason`` is not a str.
-            ValueError: ``reason`` is longer than ``MAX_REASON_LENGTH``.
+            ValueError: ``reason`` is longer than ``MAX_REASON_LENGTH`` or holds a NUL.
         """
         if not isinstance(reason, str):
             raise TypeError(f"reason must be a str, got {type(reason).__name__}")
+        if "\x00" in reason:
+            raise ValueError("reason must not contain NUL characters")
         if len(reason) > MAX_REASON_LENGTH:
             raise ValueError(
                 f"reason must be at most {MAX_REASON_LENGTH} characters, got {len(reason)}"

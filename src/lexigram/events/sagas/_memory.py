@@ -180,8 +180,8 @@ class InMemorySagaStore:
         if current is not None:  # a cancel request is the store's: a save keeps it
             fields[_CANCEL_AT] = current.fields[_CANCEL_AT]
             fields[_CANCEL_REASON] = current.fields[_CANCEL_REASON]
-        elif record.lease_owner is None and self._sleepers:
-            self._wake()  # enqueued: no one holds it
+        if record.lease_owner is None and self._sleepers and not record.is_terminal:
+            self._wake()  # enqueued or redriven: work no one holds
         fields[_VERSION] = record.version = stored_version + 1
         self._rows[record.saga_id] = row
         self.writes += 1

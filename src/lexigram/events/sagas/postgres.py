@@ -7,6 +7,14 @@ Needs the ``postgres`` extra (asyncpg)::
     store = PostgresSagaStore("postgresql://app@db/app")
     manager = SagaManager(store)
 
+Workers wake at once on new work from any process (``LISTEN``/``NOTIFY``, over one
+connection per waiting store, opened by its first ``wait_for_work``). A saga can be
+enqueued inside the caller's own transaction, so it exists if and only if that commits::
+
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("INSERT INTO orders ...")
+        await manager.enqueue("checkout", {"order_id": order_id}, connection=conn)
+
 How it keeps the store contract is described in ``lexigram.events.sagas._postgres.store``.
 """
 

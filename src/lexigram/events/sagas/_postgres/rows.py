@@ -2,8 +2,10 @@
 
 A row is the shared codec's JSON document plus columns (see ``sql``). Reading lays the
 store-managed columns (version, ``updated_at``, the lease, ``previous_owner``,
-``recovery_attempts``) over the decoded document, because ``claim``, ``renew`` and
-``release`` change them in SQL without rewriting the document.
+``recovery_attempts``, the cancel request) over the decoded document, because ``claim``,
+``renew``, ``release`` and ``request_cancel`` change them in SQL without rewriting the
+document; ``not_before`` too (``save`` writes the column with the document, and a row of
+schema version 1 has it in neither).
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from lexigram.events.sagas.codec import EPOCH, decode_record, encode_record
 from lexigram.events.sagas.errors import CorruptRecordError
 from lexigram.events.sagas.types import SagaRecord
 
-__all__ = ["record_from_row", "save_arguments"]
+__all__ = ["UPDATE_ARGUMENTS", "check_text", "record_from_row", "save_arguments"]
+
+UPDATE_ARGUMENTS = 14
+"""How many of :func:`save_arguments` the update statements take."""
 
 
 def record_from_row(row: Any) -> SagaRecord:
@@ -41,11 +46,17 @@ def record_from_row(row: Any) -> SagaRecord:
     record.lease_expires_at = row["lease_expires_at"]
     record.previous_owner = row["previous_owner"]
     record.recovery_attempts = row["recovery_attempts"]
+    record.not_before = row["not_before"]
+    record.cancel_requested_at = row["cancel_requested_at"]
+    record.cancel_reason = row["cancel_reason"]
     return record
 
 
 def save_arguments(record: SagaRecord) -> tuple[Any, ...]:
-    """The ``$1..$13`` arguments of the insert and update statements for ``record``.
+    """The ``$1..$16`` arguments of the insert statements for ``record``.
+
+    The update statements take the first 14 (:data:`UPDATE_ARGUMENTS`): ``$15``/``$16``,
+    the cancel request, are written by an insert only (``request_cancel`` owns them after).
 
     The lease is passed as its length (``lease_expires_at - updated_at``, as the engine
     stamps both from one clock reading); the server adds it to its own ``now()``. A record
@@ -77,4 +88,29 @@ def save_arguments(record: SagaRecord) -> tuple[Any, ...]:
         record.previous_owner,
         record.recovery_attempts,
         doc,
+        record.not_before,
+        record.cancel_requested_at,
+        record.cancel_reason,
     )
+
+
+def check_text(value: object, what: str, *, stored: bool = False) -> None:
+    """Refuse an argument that is not a str (or, if ``stored``, that a text column refuses).
+
+    Raises:
+        TypeError: ``value`` is not a str (naming ``what``).
+        ValueError: ``stored`` and ``value`` holds NUL or a lone surrogate.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+    if not stored:
+        return
+    if "\x00" in value:
+        raise ValueError(f"{what} must not hold NUL characters (PostgreSQL text cannot)")
+    if not value.isascii():  # O(1): ASCII, the common case, pays nothing more
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"{what} must be valid UTF-8 text (it holds a lone surrogate)"
+            ) from None

@@ -32,7 +32,8 @@ from lexigram.events.sagas._postgres.errors import (
     is_unavailable,
     translate,
 )
-from lexigram.events.sagas._postgres.sql import Statements, ensure_schema
+from lexigram.events.sagas._postgres.schema import ensure_schema
+from lexigram.events.sagas._postgres.sql import Statements
 from lexigram.events.sagas.errors import SagaStoreError, SagaStoreUnavailableError
 
 __all__ = ["Query", "StatementRunner", "pool_arguments"]
@@ -55,6 +56,8 @@ async def _keep_session(connection: Any) -> None:
 
 
 _POOL_HAS_RESET = "reset" in inspect.signature(asyncpg.create_pool).parameters
+_CONNECT_PARAMETERS = frozenset(inspect.signature(asyncpg.connect).parameters) - {"dsn", "loop"}
+"""The pool options a lone ``asyncpg.connect`` takes too (not sizes, ``init``, ``reset``)."""
 
 
 def pool_arguments(
@@ -241,6 +244,25 @@ class StatementRunner:
                     with contextlib.suppress(asyncpg.InterfaceError):
                         conn.terminate()
                 raise
+
+    async def connect_apart(self) -> Any:
+        """Open a new connection like the pool's, outside it (``None``: not possible).
+
+        With a DSN, the pool's connection arguments are used; with a borrowed pool, its own
+        way of connecting (asyncpg's private ``_get_new_connection``, which also runs the
+        pool's ``init``; a pool without it gives ``None``). The caller owns the connection.
+
+        Raises:
+            SagaStoreUnavailableError: the store is closed.
+            Exception: whatever connecting raised (the caller decides).
+        """
+        if self.closed:
+            raise SagaStoreUnavailableError(f"{self._label} is closed")
+        if self._owns_pool:
+            options = {k: v for k, v in self._options.items() if k in _CONNECT_PARAMETERS}
+            return await asyncpg.connect(self._dsn, **options)
+        connect = getattr(self._pool, "_get_new_connection", None)
+        return None if connect is None else await connect()
 
     def translate(self, exc: Exception, op: str, saga_id: str | None) -> Exception:
         """The library's error for ``exc`` raised by ``op`` (the caller raises it ``from exc``)."""

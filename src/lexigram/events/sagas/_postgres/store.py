@@ -16,24 +16,31 @@ How it keeps the store contract (see ``SagaStore``):
   reset query, so an operation is one round trip.
 - **The server's clock judges leases.** Every lease is stamped ``now() + length`` by
   PostgreSQL: on ``save`` the length is the record's (``lease_expires_at - updated_at``, as
-  the engine stamps both), on ``claim``/``renew`` it is ``lease_seconds``. A worker whose
-  clock is off can neither take a live lease early nor keep one longer.
-- **Claims** take a batch with ``FOR UPDATE SKIP LOCKED`` in one statement, oldest first,
-  reading a partial index of live sagas, so concurrent claimers never wait for or share a
-  saga, and finished sagas piling up do not slow claiming down.
+  the engine stamps both; the holder's save keeps a lease with 90% of it left, see
+  ``sql``), on ``claim``/``renew`` it is ``lease_seconds``. A worker whose clock is off can
+  neither take a live lease early nor keep one longer.
+- **Claims** take a batch with ``FOR UPDATE SKIP LOCKED`` in one statement, oldest first
+  (``not_before``, else ``created_at``), reading partial indexes of live sagas that hold
+  neither finished sagas nor those leased to live workers (``_postgres.claims``).
+- **Signals**: a write that makes work (a saga stored free and due, a release, a cancel
+  request) notifies the table's channel in the same statement; ``wait_for_work`` listens
+  on a connection of its own (``_postgres.listener``). Saves of held sagas send nothing.
+- **Transactional enqueue**: ``save_in`` inserts through the caller's connection and
+  transaction (``_postgres.enqueue``).
 - **Scale-out**: every operation but claiming (and ``delete_terminal``'s cleanup batch)
   touches one saga's row by primary key.
 
 The table layout and the rule for which column or document field wins are described in
-``lexigram.events.sagas._postgres.sql``. The schema is created on first use (or by ``open()``),
-idempotently and under an advisory lock, so workers may start together. The pool, the
-schema check and the retry policy of one statement live in ``_postgres.runner``.
+``_postgres.sql``; the schema, its indexes and the migration from version 1 in
+``_postgres.schema`` (created or migrated on first use, or by ``open()``, under an advisory
+lock, so workers may start together). The pool and the retry policy of one statement live
+in ``_postgres.runner``.
 """
 
 from __future__ import annotations
 
 import builtins
-import logging
+import math
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -41,22 +48,27 @@ from typing import Any, Self
 
 import asyncpg
 
-from lexigram.events.sagas._logging import log_fields
+from lexigram.events.sagas._postgres.claims import claim_sagas
 from lexigram.events.sagas._postgres.dsn import connect_arguments, is_url
-from lexigram.events.sagas._postgres.rows import record_from_row, save_arguments
+from lexigram.events.sagas._postgres.enqueue import insert_in
+from lexigram.events.sagas._postgres.listener import WorkSignal
+from lexigram.events.sagas._postgres.reads import list_records
+from lexigram.events.sagas._postgres.rows import (
+    UPDATE_ARGUMENTS,
+    check_text,
+    record_from_row,
+    save_arguments,
+)
 from lexigram.events.sagas._postgres.runner import StatementRunner, pool_arguments
 from lexigram.events.sagas._postgres.sql import Statements, validate_identifier
 from lexigram.events.sagas.config import check_list_limit
 from lexigram.events.sagas.errors import (
     ConcurrencyConflictError,
-    CorruptRecordError,
-    SagaStoreError,
+    SagaStoreUnavailableError,
 )
 from lexigram.events.sagas.types import SagaRecord, SagaStatus
 
 __all__ = ["PostgresSagaStore"]
-
-logger = logging.getLogger(__name__)
 
 _MAX_TABLE_NAME = 48  # leaves room for the "_completed_idx" suffix within 63 characters
 
@@ -134,6 +146,7 @@ class PostgresSagaStore:
             ),
             timeout=command_timeout,
         )
+        self._signal = WorkSignal(self._sql.channel, self._db.connect_apart, label=repr(self))
         self._select = {
             (by_name, by_status): self._sql.select(by_name=by_name, by_status=by_status)
             for by_name in (False, True)
@@ -170,7 +183,11 @@ class PostgresSagaStore:
         await self._db.connection_pool()
 
     async def close(self) -> None:
-        """Close the pool if the store created it; the store is unusable afterwards."""
+        """Close the listening connection, and the pool if the store created it.
+
+        The store is unusable afterwards; a ``wait_for_work`` in progress returns ``False``.
+        """
+        await self._signal.close()
         await self._db.close()
 
     async def __aenter__(self) -> Self:
@@ -190,8 +207,11 @@ class PostgresSagaStore:
     async def save(self, record: SagaRecord) -> None:
         """Insert (version 0) or conditionally update ``record``; bump ``record.version``.
 
-        The stored lease is stamped by the server: ``now()`` plus the record's lease length.
-        On success ``record.lease_expires_at`` is set to that stamp.
+        The stored lease is stamped by the server: ``now()`` plus the record's lease length
+        (unless the holder saves a lease with 90% left: it is kept). On success
+        ``record.lease_expires_at`` is set to the stored expiry. An insert stores the
+        record's cancel request; an update keeps the stored one (and leaves the record's
+        alone). A saga stored without a lease, live and due, wakes waiting workers.
 
         Raises:
             ConcurrencyConflictError: the stored version is not ``record.version``.
@@ -200,14 +220,34 @@ class PostgresSagaStore:
                 not have landed.
         """
         arguments = save_arguments(record)
-        statement = self._sql.insert if record.version == 0 else self._sql.update
-        row = await self._db.query(
-            "fetchrow", statement, *arguments, op="save", saga_id=record.saga_id
-        )
+        sql = self._sql
+        if record.lease_owner is not None:  # start() and every step: no signal to send
+            if record.version == 0:
+                row = await self._db.query(
+                    "fetchrow", sql.insert, *arguments, op="save", saga_id=record.saga_id
+                )
+            else:
+                row = await self._db.query(
+                    "fetchrow",
+                    sql.update,
+                    *arguments[:UPDATE_ARGUMENTS],
+                    op="save",
+                    saga_id=record.saga_id,
+                )
+        else:
+            statement = sql.enqueue if record.version == 0 else sql.update_free
+            if record.version != 0:
+                arguments = arguments[:UPDATE_ARGUMENTS]
+            listening = self._signal.listening
+            row = await self._db.query(
+                "fetchrow", statement, *arguments, op="save", saga_id=record.saga_id
+            )
+            if row is not None and row["notified"] and not listening:
+                self._signal.wake()
         if row is None:
             actual = await self._db.query(
                 "fetchval",
-                self._sql.version_of,
+                sql.version_of,
                 record.saga_id,
                 op="save",
                 saga_id=record.saga_id,
@@ -218,6 +258,36 @@ class PostgresSagaStore:
             )
         record.version += 1
         record.lease_expires_at = row["lease_expires_at"]
+
+    async def save_in(self, connection: Any, record: SagaRecord) -> None:
+        """Insert a new saga through the caller's connection, inside its transaction if open.
+
+        The transactional enqueue (``enqueue(..., connection=conn)``): the saga exists if
+        and only if the caller's transaction commits. The insert runs on ``connection``
+        (an asyncpg connection, or a pool's connection proxy, to this store's database),
+        and so does the notification that wakes waiting workers for a saga without a lease:
+        PostgreSQL delivers it when the transaction commits, never before, and drops it on
+        a rollback. Nothing is retried: the transaction is the caller's. On success
+        ``record.version`` is 1, also when the caller rolls back afterwards (then nothing
+        was stored).
+
+        Args:
+            connection: The caller's asyncpg connection.
+            record: A new record (version 0).
+
+        Raises:
+            TypeError: ``connection`` is not an asyncpg connection, or ``record`` is not a
+                ``SagaRecord``.
+            ValueError: ``record.version`` is not 0 (only new sagas are written this way).
+            ConcurrencyConflictError: the saga exists (committed, or inserted earlier in
+                this transaction).
+            SagaDataError: the record holds a value JSON (or UTF-8) cannot store.
+            SagaStoreUnavailableError: the server cannot be reached (the caller's
+                transaction is lost with its connection).
+            SagaStoreError: another server error (e.g. the caller's transaction had
+                already failed), naming its SQLSTATE.
+        """
+        await insert_in(self._db, self._sql, connection, record)
 
     async def load(self, saga_id: str) -> SagaRecord | None:
         """Return a copy of the saga's record, or ``None``.
@@ -258,38 +328,13 @@ class PostgresSagaStore:
     async def _list(
         self, saga_name: str | None, status: SagaStatus | None, limit: int | None
     ) -> builtins.list[SagaRecord]:
-        """Select newest first, skipping unreadable rows.
-
-        The query is repeated past unreadable rows until ``limit`` records are found or no
-        rows are left, so one bad row never hides the sagas after it.
-        """
         args: builtins.list[Any] = []
         if saga_name is not None:
             args.append(saga_name)
         if status is not None:
             args.append(SagaStatus(status).value)
-        sql = self._select[saga_name is not None, status is not None]
-        skipped: set[str] = set()
-        while True:
-            want = None if limit is None else limit + len(skipped)
-            rows = await self._db.query("fetch", sql, want, *args, op="list", idempotent=True)
-            records: builtins.list[SagaRecord] = []
-            for row in rows:
-                try:
-                    records.append(record_from_row(row))
-                except CorruptRecordError as exc:
-                    if row["saga_id"] not in skipped:
-                        skipped.add(row["saga_id"])
-                        logger.error(  # noqa: TRY400 - no traceback needed
-                            "list: skipping unreadable saga %s: %s",
-                            row["saga_id"],
-                            exc,
-                            extra=log_fields(saga_id=row["saga_id"], saga_name=row["saga_name"]),
-                        )
-            if limit is None or want is None:
-                return records
-            if len(records) >= limit or len(rows) < want:
-                return records[:limit]
+        statement = self._select[saga_name is not None, status is not None]
+        return await list_records(self._db, statement, args, limit)
 
     async def delete(self, saga_id: str) -> bool:
         """Delete the saga; return whether it existed."""
@@ -307,80 +352,36 @@ class PostgresSagaStore:
         saga_names: Collection[str],
         limit: int = 100,
         saga_id: str | None = None,
+        exclude: Collection[str] = (),
     ) -> builtins.list[SagaRecord]:
         """Atomically take up to ``limit`` claimable sagas of ``saga_names``, oldest first.
 
-        Expiry is judged by the server's ``now()``. Rows that cannot be read are logged,
-        put back as they were, and passed over.
-        """
-        names = builtins.list(saga_names)
-        if not names or limit <= 0:
-            return []
-        lease = timedelta(seconds=lease_seconds)
-        found: builtins.list[tuple[datetime, str, SagaRecord]] = []
-        passed_over: builtins.list[str] = []
-        while len(found) < limit:
-            wanted = limit - len(found)
-            rows = await self._db.query(
-                "fetch",
-                self._sql.claim(by_id=saga_id is not None),
-                names,
-                owner,
-                lease_id,
-                lease,
-                wanted,
-                saga_id if saga_id is not None else passed_over,
-                op="claim",
-                saga_id=saga_id,
-            )
-            unreadable = 0
-            for row in rows:
-                try:
-                    found.append((row["created_at"], row["saga_id"], record_from_row(row)))
-                except CorruptRecordError as exc:
-                    logger.error(  # noqa: TRY400 - known cause
-                        "cannot claim saga %s: %s",
-                        row["saga_id"],
-                        exc,
-                        extra=log_fields(
-                            saga_id=row["saga_id"], saga_name=row["saga_name"], worker_id=owner
-                        ),
-                    )
-                    await self._unclaim(row, owner)
-                    passed_over.append(row["saga_id"])
-                    unreadable += 1
-            if not unreadable or len(rows) < wanted or saga_id is not None:
-                break
-        found.sort(key=lambda item: item[:2])
-        return [record for _, _, record in found]
+        Expiry and ``not_before`` are judged by the server's ``now()``. Ids in ``exclude``
+        are passed over. Rows that cannot be read are logged, put back as they were, and
+        passed over. The cost grows with neither finished sagas nor sagas held by live
+        workers (see ``sql.Statements.claim``).
 
-    async def _unclaim(self, row: Any, owner: str) -> None:
-        """Put back the lease an unreadable row had; it expires anyway if this fails."""
-        try:
-            await self._db.query(
-                "execute",
-                self._sql.unclaim,
-                row["saga_id"],
-                row["version"],
-                row["old_version"],
-                row["old_updated_at"],
-                row["old_lease_owner"],
-                row["old_lease_id"],
-                row["old_lease_expires_at"],
-                row["old_previous_owner"],
-                row["old_recovery_attempts"],
-                op="claim",
-                saga_id=row["saga_id"],
-            )
-        except SagaStoreError:
-            logger.warning(
-                "could not restore the lease of saga %s",
-                row["saga_id"],
-                exc_info=True,
-                extra=log_fields(
-                    saga_id=row["saga_id"], saga_name=row["saga_name"], worker_id=owner
-                ),
-            )
+        Raises:
+            TypeError: ``saga_names`` or ``exclude`` is a str (a collection is needed).
+        """
+        for value, what in ((saga_names, "saga_names"), (exclude, "exclude")):
+            if isinstance(value, str):
+                raise TypeError(f"{what} must be a collection of str, not a str")
+        names = builtins.list(dict.fromkeys(saga_names))
+        passed_over = builtins.list(exclude)
+        if not names or limit <= 0 or (saga_id is not None and saga_id in passed_over):
+            return []
+        return await claim_sagas(
+            self._db,
+            self._sql,
+            owner,
+            lease_id,
+            lease=timedelta(seconds=lease_seconds),
+            names=names,
+            limit=limit,
+            saga_id=saga_id,
+            exclude=passed_over,
+        )
 
     async def renew(
         self, owner: str, lease_id: str, saga_ids: Sequence[str], *, lease_seconds: float
@@ -403,11 +404,94 @@ class PostgresSagaStore:
         return [saga_id for saga_id in ids if saga_id in held]
 
     async def release(self, saga_id: str, owner: str, lease_id: str) -> bool:
-        """Drop this worker's lease on a saga; return whether it held it."""
-        found = await self._db.query(
-            "fetchval", self._sql.release, saga_id, owner, lease_id, op="release", saga_id=saga_id
+        """Drop this worker's lease on a saga; return whether it held it. Wakes workers."""
+        listening = self._signal.listening
+        row = await self._db.query(
+            "fetchrow", self._sql.release, saga_id, owner, lease_id, op="release", saga_id=saga_id
         )
-        return found is not None
+        if row is None:
+            return False
+        if row["notified"] and not listening:
+            self._signal.wake()
+        return True
+
+    async def request_cancel(self, saga_id: str, reason: str) -> SagaRecord | None:
+        """Store a request to cancel the saga; return its record (``None``: no such saga).
+
+        One statement: on a live saga not yet asked, ``cancel_requested_at`` becomes the
+        server's ``now()`` and ``cancel_reason`` ``reason``, and waiting workers of every
+        process are notified (on commit); version, lease and document stay as they are.
+        The record returned is the saga as stored, asked or not (a terminal saga, or one
+        already asked, is returned unchanged). Safe to repeat: the first request wins.
+
+        Raises:
+            TypeError: ``saga_id`` or ``reason`` is not a str.
+            ValueError: ``reason`` holds a NUL character or a lone surrogate, which a
+                PostgreSQL text column cannot hold.
+            CorruptRecordError: the saga's row cannot be read.
+        """
+        check_text(saga_id, "saga_id")
+        check_text(reason, "reason", stored=True)
+        listening = self._signal.listening
+        row = await self._db.query(
+            "fetchrow",
+            self._sql.request_cancel,
+            saga_id,
+            reason,
+            op="request_cancel",
+            saga_id=saga_id,
+            idempotent=True,
+        )
+        if row is None:
+            return None
+        if row["asked"] and not listening:
+            self._signal.wake()
+        return record_from_row(row)
+
+    async def cancel_requests(self, owner: str, lease_id: str) -> dict[str, str]:
+        """The live sagas ``owner``/``lease_id`` holds that were asked to cancel: id -> reason.
+
+        Reads a partial index holding only live sagas with a pending request: with none
+        pending (the usual heartbeat), one probe of an empty index.
+
+        Raises:
+            TypeError: ``owner`` or ``lease_id`` is not a str.
+        """
+        check_text(owner, "owner")
+        check_text(lease_id, "lease_id")
+        rows = await self._db.query(
+            "fetch",
+            self._sql.cancel_requests,
+            owner,
+            lease_id,
+            op="cancel_requests",
+            idempotent=True,
+        )
+        return {row["saga_id"]: row["reason"] for row in rows}
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a sign of new work; return whether one came.
+
+        Signs come from every process using the table, by ``LISTEN``/``NOTIFY`` over a
+        connection of this store's own, outside the pool, opened by the first call (see
+        ``_postgres.listener``): a saga stored without a lease (live and due), a lease
+        released, a cancel request. A sign that arrives while no call waits is kept for the
+        next one. A lost or unreachable server never makes this raise: the call then sleeps
+        until ``timeout`` (returning ``False``), and the next one reconnects, returning
+        ``True`` at once when it does (signs sent meanwhile were lost).
+
+        Raises:
+            TypeError: ``timeout`` is not a number.
+            ValueError: ``timeout`` is negative, infinite or NaN.
+            SagaStoreUnavailableError: the store is closed.
+        """
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+        if not 0 <= timeout < math.inf:
+            raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout}")
+        if self._db.closed:
+            raise SagaStoreUnavailableError(f"wait_for_work: {self!r} is closed")
+        return await self._signal.wait(float(timeout))
 
     async def delete_terminal(self, *, before: datetime, limit: int = 1000) -> int:
         """Delete up to ``limit`` terminal sagas completed before ``before``; return how many."""

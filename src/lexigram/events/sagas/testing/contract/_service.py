@@ -178,3 +178,15 @@ class ServiceContract:
         await store.save(record)
         (claimed,) = await _claim(store)
         assert (claimed.status, claimed.redrives) == (SagaStatus.COMPENSATING, 1)
+
+    async def test_a_redriven_saga_wakes_a_waiting_worker(self, store: SagaStore) -> None:
+        """A ``FAILED`` saga saved back without a lease (``retry()``) is work: it wakes."""
+        await store.save(make_record("s-1", status=SagaStatus.FAILED))
+        record = await store.load("s-1")
+        assert record is not None
+        waiter = asyncio.ensure_future(store.wait_for_work(30))
+        await asyncio.sleep(0.05)
+        record.status = SagaStatus.COMPENSATING
+        record.completed_at = None
+        await store.save(record)
+        assert await asyncio.wait_for(waiter, timeout=5) is True
