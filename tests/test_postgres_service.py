@@ -917,3 +917,50 @@ async def test_closing_stops_a_connect_in_progress(server: FakeServer) -> None:
     await asyncio.sleep(0)
     assert opened == []
     assert await signal.wait(0.01) is False
+
+
+# ---------------------------------------------------------------------- coalesced signals
+
+
+async def test_a_burst_of_enqueues_sends_few_signals_and_one_after_the_last(
+    pg_dsn: str, make_store: MakeStore
+) -> None:
+    """Enqueues close together share signals; one always arrives after the last commit.
+
+    A NOTIFY serialises the server's commits, so a burst must not send one per saga.
+    """
+    store = await make_store()
+    arrivals: list[float] = []
+    spy = await asyncpg.connect(pg_dsn)
+    try:
+        await spy.add_listener(store._sql.channel, lambda *args: arrivals.append(time.monotonic()))
+        committed: list[float] = []
+
+        async def enqueue(index: int) -> None:
+            await store.save(pending(f"burst-{index:03d}"))
+            committed.append(time.monotonic())
+
+        await asyncio.gather(*(enqueue(index) for index in range(60)))
+        await asyncio.sleep(0.3)
+    finally:
+        await spy.close()
+    assert 1 <= len(arrivals) < 60
+    assert max(arrivals) > max(committed)  # nothing enqueued is left without a signal
+    claimed = await store.claim("w", "l", lease_seconds=30, saga_names=["orders"], limit=100)
+    assert len(claimed) == 60
+
+
+async def test_a_store_closing_sends_its_pending_signal(pg_dsn: str, make_store: MakeStore) -> None:
+    """A trailing signal still due when the store closes is sent, not dropped."""
+    store = await make_store()
+    received: list[str] = []
+    spy = await asyncpg.connect(pg_dsn)
+    try:
+        await spy.add_listener(store._sql.channel, lambda *args: received.append(args[3]))
+        await store.save(pending("first"))  # notifies in its own statement
+        await store.save(pending("second"))  # right after: a trailing signal is due
+        await store.close()
+        await asyncio.sleep(0.2)
+    finally:
+        await spy.close()
+    assert received == ["orders", "orders"]

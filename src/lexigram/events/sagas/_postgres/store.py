@@ -43,14 +43,16 @@ import builtins
 import math
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from types import TracebackType
 from typing import Any, Self
 
 import asyncpg
 
 from lexigram.events.sagas._postgres.claims import claim_sagas
+from lexigram.events.sagas._postgres.coalesce import NotifyCoalescer
 from lexigram.events.sagas._postgres.dsn import connect_arguments, is_url
-from lexigram.events.sagas._postgres.enqueue import insert_in
+from lexigram.events.sagas._postgres.enqueue import insert_in, notify, save_unheld
 from lexigram.events.sagas._postgres.listener import WorkSignal
 from lexigram.events.sagas._postgres.reads import list_records
 from lexigram.events.sagas._postgres.rows import (
@@ -147,6 +149,7 @@ class PostgresSagaStore:
             timeout=command_timeout,
         )
         self._signal = WorkSignal(self._sql.channel, self._db.connect_apart, label=repr(self))
+        self._coalescer = NotifyCoalescer(partial(notify, self._db, self._sql.channel))
         self._select = {
             (by_name, by_status): self._sql.select(by_name=by_name, by_status=by_status)
             for by_name in (False, True)
@@ -187,6 +190,7 @@ class PostgresSagaStore:
 
         The store is unusable afterwards; a ``wait_for_work`` in progress returns ``False``.
         """
+        await self._coalescer.close()
         await self._signal.close()
         await self._db.close()
 
@@ -234,16 +238,10 @@ class PostgresSagaStore:
                     op="save",
                     saga_id=record.saga_id,
                 )
-        else:
-            statement = sql.enqueue if record.version == 0 else sql.update_free
-            if record.version != 0:
-                arguments = arguments[:UPDATE_ARGUMENTS]
-            listening = self._signal.listening
-            row = await self._db.query(
-                "fetchrow", statement, *arguments, op="save", saga_id=record.saga_id
+        else:  # an enqueue, or a redrive: wakes waiting workers
+            row = await save_unheld(
+                self._db, sql, record, arguments, signal=self._signal, coalescer=self._coalescer
             )
-            if row is not None and row["notified"] and not listening:
-                self._signal.wake()
         if row is None:
             actual = await self._db.query(
                 "fetchval",
