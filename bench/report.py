@@ -16,6 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bench import report_service
+
 SYSTEM_NAMES = {
     "lexigram": "lexigram",
     "dbos": "DBOS",
@@ -70,6 +72,7 @@ def aggregate(raw: list[dict[str, Any]]) -> Results:
             "recovery_seconds",
             "ratio",
             "n",
+            *report_service.FIELDS,
         ):
             values = [float(r[field]) for r in rows if field in r]
             if values:
@@ -277,6 +280,8 @@ def targets(table: Results) -> list[tuple[str, str, bool | None]]:
                 check(name, text, ok=entry["ratio"] <= 2 and entry["ran_twice"] == 0)
         else:
             check(name)
+    for name, measured, ok in report_service.targets(table):
+        check(name, measured, ok=ok)
     return found
 
 
@@ -462,6 +467,11 @@ def _raw_lines(raw: list[dict[str, Any]]) -> list[str]:
         key = (r["case"], SYSTEM_NAMES[r["system"]])
         if "error" in r or "unavailable" in r:
             grouped[key].append("n/a")
+        elif r.get("workload") == "service":
+            grouped[key].append(
+                f"{r['sagas_per_s']:,.0f}/s (pickup {r['pickup_p50_ms']:.1f}"
+                f"/{r['pickup_p99_ms']:.1f} ms)"
+            )
         elif "sagas_per_s" in r:
             grouped[key].append(f"{r['sagas_per_s']:,.0f}/s")
         elif "bytes_per_saga" in r:
@@ -494,7 +504,7 @@ def page(report: dict[str, Any], table: Results, png_name: str | None) -> str:
         "## How to run",
         "",
         "```sh",
-        "make bench                           # the full run (about 11 minutes here)",
+        "make bench                           # the full run (its duration: below)",
         'make bench BENCH_ARGS="--quick"      # shorter batches, 2,000-saga recovery: minutes',
         'make bench BENCH_ARGS="--profile"    # also profile lexigram (py-spy, pyinstrument)',
         "```",
@@ -507,7 +517,8 @@ def page(report: dict[str, Any], table: Results, png_name: str | None) -> str:
         "it the peers from PyPI (pinned in `bench/requirements-peers.txt`) and this project "
         "(editable); the project's dependencies do not change. PostgreSQL cases use "
         "`postgresql://postgres@127.0.0.1:5432/test` (or `BENCH_PG_DSN`) to create the "
-        "databases `lexigram_bench`, `lexigram_recovery` and `dbos_bench`, and are skipped with "
+        "databases `lexigram_bench`, `lexigram_recovery`, `lexigram_service`, `dbos_bench` and "
+        "`dbos_service`, and are skipped with "
         "a note when no server answers. Raw results: `bench/results/latest.json`.",
         "",
         "## Machine",
@@ -559,6 +570,7 @@ def page(report: dict[str, Any], table: Results, png_name: str | None) -> str:
         "",
         *recovery_table(table),
         "",
+        *report_service.section(table, options, machine["nproc"]),
         "## What runs",
         "",
         "- **The saga**: three steps, each updating the context (`reserve`, `charge`, "
@@ -642,6 +654,8 @@ def main() -> None:
     print("\n".join(memory_table(table)))
     print()
     print("\n".join(recovery_table(table)))
+    print()
+    print("\n".join(report_service.service_table(table)))
     png_name = None
     if args.png:
         plot(table, args.png, report["options"]["rounds"])

@@ -9,13 +9,17 @@
    cases are skipped, with a note, when it does not);
 3. runs every case in rounds: each (system, case) is one process of the peers'
    virtualenv printing one JSON line; within a round the systems of a case run one after
-   the other, in an order rotated every round (A,B,C then B,C,A ...);
+   the other, in an order rotated every round (A,B,C then B,C,A ...). A service case is
+   one process per (system, store) of ``bench/systems/service_bench.py``, which starts the
+   enqueuer and the worker processes itself and reports one result per worker count
+   (1, 2, 4), each kept as a case of its own (``service/<store>/<workers>``);
 4. saves every raw result in ``bench/results/latest.json``, then writes
    ``docs/benchmarks.md`` and ``docs/benchmarks-throughput.png`` from it (``bench/report.py``,
    medians over the rounds and the ratio of lexigram to each peer).
 
 Options (``make bench BENCH_ARGS="--quick"``): ``--quick`` (shorter batches, fewer
-levels, 2,000 sagas for recovery and memory: a few minutes), ``--rounds``, ``--seconds``,
+levels, 2,000 sagas for recovery and memory, fewer sagas and a shorter idle window for
+the service cases: a few minutes), ``--rounds``, ``--seconds``,
 ``--only sqlite,recovery`` (cases whose key contains one of the words; such a partial
 run writes ``latest-partial.json`` and leaves the docs alone), ``--profile`` (also
 profile lexigram's in-memory and SQLite paths), ``--pg-dsn`` (or ``BENCH_PG_DSN``).
@@ -68,7 +72,15 @@ class Case:
         return f"{self.workload}/{self.store}/{self.inflight}"
 
 
-def build_cases(*, quick: bool, memory_n: int, recovery_n: int) -> list[Case]:
+SERVICE_WORKERS = (1, 2, 4)
+
+
+def service_dbos_n(service_n: int) -> int:
+    """DBOS runs a tenth of lexigram's sagas in the service cases (it runs them ~10x slower)."""
+    return max(service_n // 10, 100)
+
+
+def build_cases(*, quick: bool, memory_n: int, recovery_n: int, service_n: int) -> list[Case]:
     levels = [1, 50, 100] if quick else [1, 10, 50, 100]
     pg_levels = sorted({*levels, 64})
     in_memory = ("handwritten", "lexigram", "sagaz")
@@ -86,6 +98,11 @@ def build_cases(*, quick: bool, memory_n: int, recovery_n: int) -> list[Case]:
     cases.append(Case("memory", "sqlite", 1, ("dbos",), max(memory_n // 10, 200)))
     cases.append(Case("recovery", "sqlite", recovery_n, ("lexigram",), recovery_n))
     cases.append(Case("recovery", "postgres", recovery_n, ("lexigram",), recovery_n))
+    # One process per (system, store) runs the three worker counts in turn.
+    cases += [
+        Case("service", store, max(SERVICE_WORKERS), durable, service_n)
+        for store in ("postgres", "sqlite")
+    ]
     return cases
 
 
@@ -164,6 +181,20 @@ def run_process(command: list[str], timeout: float, log: Path) -> dict[str, Any]
 
 def case_command(python: Path, system: str, case: Case, args: argparse.Namespace) -> list[str]:
     common = ["--workdir", str(RESULTS / "work"), "--pg-dsn", args.pg_dsn]
+    if case.workload == "service":
+        n = case.n if system == "lexigram" else service_dbos_n(case.n)
+        workers = ",".join(str(w) for w in SERVICE_WORKERS)
+        return [
+            str(python),
+            "-m",
+            "bench.systems.service_bench",
+            *("--system", system, "--store", case.store, "--workers", workers),
+            *("--n", str(n), "--latency-n", str(args.service_latency_n)),
+            *("--idle-seconds", str(args.service_idle_seconds)),
+            *("--timeout", str(args.timeout / 4)),
+            *("--journal-mode", args.journal_mode, "--synchronous", args.synchronous),
+            *common,
+        ]
     if case.workload == "recovery":
         return [
             str(python),
@@ -205,6 +236,15 @@ def summary(result: dict[str, Any]) -> str:
     if result.get("workload") == "memory":
         traced, rss = result["bytes_per_saga"], result["rss_bytes_per_saga"]
         return f"{traced:,.0f} B/saga traced, {rss:,.0f} B RSS"
+    if result.get("workload") == "service":
+        idle = result.get("idle_cpu_pct")
+        idle_text = "" if idle is None else f", idle worker {idle:.2f} % CPU"
+        wrong = f", {result['wrong']} WRONG" if result.get("wrong") else ""
+        return (
+            f"{result['sagas_per_s']:,.0f} sagas/s (enqueue {result['enqueue_per_s']:,.0f}/s), "
+            f"pickup p50 {result['pickup_p50_ms']:.1f} ms p99 {result['pickup_p99_ms']:.1f} ms"
+            f"{idle_text}{wrong}"
+        )
     if result.get("workload") == "recovery":
         return (
             f"fresh {result['fresh_seconds']:.2f}s, recovery {result['recovery_seconds']:.2f}s, "
@@ -212,6 +252,27 @@ def summary(result: dict[str, Any]) -> str:
         )
     wrong = f", {result['wrong']} WRONG" if result.get("wrong") else ""
     return f"{result['sagas_per_s']:,.0f} sagas/s ({result['us_per_saga']:,.1f} us/saga){wrong}"
+
+
+def expand(case: Case, result: dict[str, Any]) -> list[tuple[str, int, dict[str, Any]]]:
+    """(case key, in flight, result) for each case a process measured.
+
+    A service process measures every worker count: each becomes a case of its own, with the
+    process's shared fields. A failed one fails every worker count.
+    """
+    if case.workload != "service":
+        return [(case.key, case.inflight, result)]
+    if "by_workers" not in result:
+        return [(f"service/{case.store}/{w}", w, dict(result)) for w in SERVICE_WORKERS]
+    shared = {k: v for k, v in result.items() if k != "by_workers"}
+    return [
+        (
+            f"service/{case.store}/{part['workers']}",
+            part["workers"],
+            {**shared, **part, "wrong": part["latency_wrong"] + part["throughput_wrong"]},
+        )
+        for part in result["by_workers"]
+    ]
 
 
 def run_rounds(python: Path, cases: list[Case], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -223,17 +284,18 @@ def run_rounds(python: Path, cases: list[Case], args: argparse.Namespace) -> lis
             order = case.systems[shift:] + case.systems[:shift]
             for system in order:
                 log = RESULTS / "errors" / f"{case.key.replace('/', '-')}-{system}-{round_no}.log"
-                result = run_process(case_command(python, system, case, args), args.timeout, log)
-                result.update(
-                    round=round_no,
-                    case=case.key,
-                    system=system,
-                    workload=case.workload,
-                    store=case.store,
-                    inflight=case.inflight,
-                )
-                results.append(result)
-                print(f"  {case.key:<22} {system:<12} {summary(result)}", flush=True)
+                found = run_process(case_command(python, system, case, args), args.timeout, log)
+                for key, inflight, result in expand(case, found):
+                    result.update(
+                        round=round_no,
+                        case=key,
+                        system=system,
+                        workload=case.workload,
+                        store=case.store,
+                        inflight=inflight,
+                    )
+                    results.append(result)
+                    print(f"  {key:<22} {system:<12} {summary(result)}", flush=True)
     return results
 
 
@@ -247,6 +309,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=None, help="length of one timed batch")
     parser.add_argument("--recovery-n", type=int, default=None)
     parser.add_argument("--memory-n", type=int, default=None)
+    parser.add_argument("--service-n", type=int, default=None, help="sagas per service run")
+    parser.add_argument("--service-latency-n", type=int, default=None)
+    parser.add_argument("--service-idle-seconds", type=float, default=None)
     parser.add_argument("--only", default="", help="comma-separated words matched in case keys")
     parser.add_argument("--systems", default="", help="comma-separated systems to run")
     parser.add_argument("--journal-mode", default="WAL", help="SQLite journal_mode (both)")
@@ -264,6 +329,12 @@ def parse_args() -> argparse.Namespace:
         args.recovery_n = 2_000 if args.quick else 10_000
     if args.memory_n is None:
         args.memory_n = 2_000 if args.quick else 10_000
+    if args.service_n is None:
+        args.service_n = 600 if args.quick else 1_500
+    if args.service_latency_n is None:
+        args.service_latency_n = 50 if args.quick else 150
+    if args.service_idle_seconds is None:
+        args.service_idle_seconds = 3.0 if args.quick else 6.0
     return args
 
 
@@ -302,7 +373,13 @@ def main() -> None:
         flush=True,
     )
     cases = select(
-        build_cases(quick=args.quick, memory_n=args.memory_n, recovery_n=args.recovery_n), args
+        build_cases(
+            quick=args.quick,
+            memory_n=args.memory_n,
+            recovery_n=args.recovery_n,
+            service_n=args.service_n,
+        ),
+        args,
     )
     skipped: list[dict[str, str]] = []
     if not machine["postgres"]["available"]:
@@ -343,6 +420,10 @@ def main() -> None:
             "synchronous": args.synchronous,
             "recovery_n": args.recovery_n,
             "memory_n": args.memory_n,
+            "service_n": args.service_n,
+            "service_dbos_n": service_dbos_n(args.service_n),
+            "service_latency_n": args.service_latency_n,
+            "service_idle_seconds": args.service_idle_seconds,
         },
         "results": results,
         "skipped": skipped,
