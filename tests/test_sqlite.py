@@ -185,9 +185,9 @@ async def test_schema_version_mismatch_names_both_versions(db_path: Path) -> Non
     async with SQLiteSagaStore(db_path) as reopened:
         with pytest.raises(SchemaVersionError) as caught:
             await reopened.load("s-1")
-    assert (caught.value.found_version, caught.value.supported_version) == ("7", 1)
+    assert (caught.value.found_version, caught.value.supported_version) == ("7", 2)
     assert "schema version 7" in str(caught.value)
-    assert "schema version 1" in str(caught.value)
+    assert "schema version 2" in str(caught.value)
 
 
 async def test_foreign_table_with_the_same_name_is_refused(db_path: Path) -> None:

@@ -1,44 +1,36 @@
-"""SQL text and the operations ``SQLiteSagaStore`` runs on its worker thread.
+"""The operations ``SQLiteSagaStore`` runs on its worker thread, and their conversions.
 
-Row layout: the JSON document written by ``codec.encode_record`` holds the whole record;
-a few fields are copied into columns, for indexes and for the lease operations:
-
-- ``saga_name``, ``created_at_us``: fixed at insert (list and claim order, list by name);
-- ``status``, ``completed_at_us``: rewritten by every ``save`` (claims, cleanup);
-- ``version``, ``updated_at_us``, ``lease_owner``, ``lease_id``, ``lease_expires_at_us``,
-  ``previous_owner``, ``recovery_attempts``: rewritten by ``save`` **and** by ``claim``,
-  ``renew`` and ``release``, which change only these columns (not the document).
-
-So for those last seven fields **the columns are the truth**: loading a row decodes the
-document and overlays them. This keeps a heartbeat renewal one small ``UPDATE`` of one
-column, and a claim free of re-encoding documents. Times in columns are integer
-microseconds since the Unix epoch (UTC): exact, and ordered like the times themselves.
+The SQL text and the row layout are in ``sql``. For the lease and cancel fields the
+columns are the truth: :func:`to_record` decodes the document and overlays them.
 
 ``saga_name`` and ``status`` must agree with the document: claims and listings filter on
 those columns, and would otherwise hand out a saga of another name or status. A row edited
 by hand so that they differ is unreadable (``CorruptRecordError``), like a broken document.
 
-Every function here runs on the worker thread with the connection as first argument.
+Every function here but :func:`save_params` runs on the worker thread with the connection
+as first argument.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any
 
 from lexigram.events.sagas._leases import LeasePolicy
 from lexigram.events.sagas._logging import log_fields
+from lexigram.events.sagas._sqlite.sql import Statements
 from lexigram.events.sagas.codec import decode_record, encode_record, format_time, parse_time
 from lexigram.events.sagas.errors import ConcurrencyConflictError, CorruptRecordError
-from lexigram.events.sagas.types import TERMINAL_SAGA_STATUSES, SagaRecord, SagaStatus
+from lexigram.events.sagas.types import SagaRecord
 
 __all__ = [
-    "SCHEMA_VERSION",
-    "Statements",
+    "SINGLE_STATEMENT",
+    "cancel_requests",
     "claim",
     "delete",
     "delete_terminal",
@@ -46,6 +38,7 @@ __all__ = [
     "load",
     "release",
     "renew",
+    "request_cancel",
     "save",
     "save_params",
     "select",
@@ -55,28 +48,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
-"""Version of the table layout below; stored in the ``<table>_meta`` table."""
-
-
-def _status_list(statuses: list[SagaStatus]) -> str:
-    return "status IN (" + ", ".join(f"'{status.value}'" for status in statuses) + ")"
-
-
-# Written out identically in the partial index and in the queries meant to use it: SQLite
-# uses a partial index only when the query's WHERE clause contains its condition verbatim.
-ACTIVE: Final = _status_list([s for s in SagaStatus if s not in TERMINAL_SAGA_STATUSES])
-TERMINAL: Final = _status_list([s for s in SagaStatus if s in TERMINAL_SAGA_STATUSES])
-
-_READ: Final = (
-    "saga_id, saga_name, status, doc, version, updated_at_us, lease_owner, lease_id, "
-    "lease_expires_at_us, previous_owner, recovery_attempts"
-)
-
 
 def to_us(value: datetime | None) -> int | None:
     """Return ``value`` as integer microseconds since the epoch (naive means local time)."""
-    if value is not None and value.tzinfo is None:
+    if value is None:  # most time fields of a running saga: spare the call below
+        return None
+    if value.tzinfo is None:
         value = value.astimezone(UTC)
     return format_time(value)  # the same microseconds the record document holds
 
@@ -84,122 +61,6 @@ def to_us(value: datetime | None) -> int | None:
 def from_us(value: object, field: str, saga_id: str) -> datetime | None:
     """Inverse of :func:`to_us`, for a column; raise ``CorruptRecordError`` on a bad one."""
     return parse_time(value, field, saga_id)
-
-
-def _schema(table: str) -> tuple[str, ...]:
-    """The ``CREATE`` statements of the saga table and its indexes (idempotent)."""
-    t = f'"{table}"'
-    return (
-        f"""CREATE TABLE IF NOT EXISTS {t} (
-            saga_id TEXT PRIMARY KEY NOT NULL,
-            saga_name TEXT NOT NULL,
-            status TEXT NOT NULL,
-            version INTEGER NOT NULL,
-            created_at_us INTEGER,
-            updated_at_us INTEGER,
-            completed_at_us INTEGER,
-            lease_owner TEXT,
-            lease_id TEXT,
-            lease_expires_at_us INTEGER,
-            previous_owner TEXT,
-            recovery_attempts INTEGER NOT NULL DEFAULT 0,
-            doc TEXT NOT NULL
-        )""",
-        # Claims read only this index: the sagas that are not terminal, oldest first.
-        f'CREATE INDEX IF NOT EXISTS "{table}_active" ON {t} (created_at_us, saga_id) '
-        f"WHERE {ACTIVE}",
-        f'CREATE INDEX IF NOT EXISTS "{table}_created" ON {t} (created_at_us, saga_id)',
-        f'CREATE INDEX IF NOT EXISTS "{table}_name" ON {t} (saga_name, created_at_us, saga_id)',
-        f'CREATE INDEX IF NOT EXISTS "{table}_completed" ON {t} (completed_at_us) '
-        "WHERE completed_at_us IS NOT NULL",
-    )
-
-
-class Statements:
-    """Every SQL statement of one table, built once (the table name is validated first)."""
-
-    def __init__(self, table: str) -> None:
-        t = f'"{table}"'
-        self.table = table
-        self.meta = f'"{table}_meta"'
-        self.schema = _schema(table)
-        self.insert = (
-            f"INSERT INTO {t} (saga_id, saga_name, status, version, created_at_us, "
-            "updated_at_us, completed_at_us, lease_owner, lease_id, lease_expires_at_us, "
-            "previous_owner, recovery_attempts, doc) "
-            "VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (saga_id) DO NOTHING"
-        )
-        # saga_name and created_at_us are left out on purpose: an UPDATE that does not
-        # name an index's columns does not touch that index.
-        self.update = (
-            f"UPDATE {t} SET status = ?, version = ?, updated_at_us = ?, completed_at_us = ?, "
-            "lease_owner = ?, lease_id = ?, lease_expires_at_us = ?, previous_owner = ?, "
-            "recovery_attempts = ?, doc = ? WHERE saga_id = ? AND version = ?"
-        )
-        self.version_of = f"SELECT version FROM {t} WHERE saga_id = ?"
-        self.load = f"SELECT {_READ} FROM {t} WHERE saga_id = ?"
-        self.delete = f"DELETE FROM {t} WHERE saga_id = ?"
-        self.delete_terminal = (
-            f"DELETE FROM {t} WHERE saga_id IN (SELECT saga_id FROM {t} "
-            f"WHERE completed_at_us < ? AND {TERMINAL} ORDER BY completed_at_us LIMIT ?)"
-        )
-        self.take_lease = (
-            f"UPDATE {t} SET lease_owner = ?, lease_id = ?, lease_expires_at_us = ?, "
-            "previous_owner = ?, recovery_attempts = ?, updated_at_us = ?, version = ? "
-            "WHERE saga_id = ? AND version = ?"
-        )
-        self.renew = (
-            f"UPDATE {t} SET lease_expires_at_us = ? "
-            f"WHERE saga_id = ? AND lease_owner = ? AND lease_id = ? AND {ACTIVE}"
-        )
-        self.release = (
-            f"UPDATE {t} SET lease_owner = NULL, lease_id = NULL, lease_expires_at_us = NULL, "
-            "version = version + 1 WHERE saga_id = ? AND lease_owner = ? AND lease_id = ?"
-        )
-        self._lists: dict[tuple[bool, bool, bool, bool], str] = {}
-        self._claims: dict[tuple[int, bool], str] = {}
-
-    def select_list(self, *, by_name: bool, status: SagaStatus | None, limited: bool) -> str:
-        """The listing query for this combination of filters (newest first)."""
-        active = status is not None and status not in TERMINAL_SAGA_STATUSES
-        key = (by_name, status is not None, active, limited)
-        sql = self._lists.get(key)
-        if sql is None:
-            where = [
-                term for term, on in (("saga_name = ?", by_name), ("status = ?", status)) if on
-            ]
-            if active:
-                where.append(ACTIVE)  # lets SQLite use the small index of active sagas
-            sql = f'SELECT {_READ} FROM "{self.table}"'
-            if where:
-                sql += " WHERE " + " AND ".join(where)
-            sql += " ORDER BY created_at_us DESC, saga_id DESC"
-            if limited:
-                sql += " LIMIT ?"
-            self._lists[key] = sql
-        return sql
-
-    def select_claimable(self, names: int, *, one: bool) -> str:
-        """The claim candidates query for ``names`` saga names (one saga, or oldest first)."""
-        key = (names, one)
-        sql = self._claims.get(key)
-        if sql is None:
-            marks = ", ".join("?" * names)
-            # Without statistics the planner prefers the by-name index, which holds every
-            # saga ever run; a claim must read only the (small) index of active sagas.
-            source = "" if one else f' INDEXED BY "{self.table}_active"'
-            sql = (
-                f'SELECT {_READ} FROM "{self.table}"{source} WHERE {ACTIVE} '
-                + ("AND saga_id = ? " if one else "")
-                + f"AND saga_name IN ({marks}) AND (lease_owner IS NULL "
-                "OR lease_expires_at_us IS NULL OR lease_expires_at_us <= ? "
-                "OR lease_owner = ?) "
-                # Never this very worker's own lease: its runs renew it, even when late.
-                "AND lease_id IS NOT ? "
-                "ORDER BY created_at_us, saga_id LIMIT ?"
-            )
-            self._claims[key] = sql
-        return sql
 
 
 # ---------------------------------------------------------------------- loop side
@@ -220,6 +81,7 @@ def save_params(record: SagaRecord) -> tuple[Any, ...]:
     finally:
         record.version = version
     shared = (
+        to_us(record.not_before),
         to_us(record.updated_at),
         to_us(record.completed_at),
         record.lease_owner,
@@ -229,13 +91,16 @@ def save_params(record: SagaRecord) -> tuple[Any, ...]:
         record.recovery_attempts,
         doc,
     )
-    if version == 0:
+    if version == 0:  # an insert stores the record's own cancel request (update: never)
         return (
             record.saga_id,
             record.saga_name,
             record.status.value,
             to_us(record.created_at),
-            *shared,
+            shared[0],
+            to_us(record.cancel_requested_at),
+            record.cancel_reason,
+            *shared[1:],
         )
     return (record.status.value, version + 1, *shared, record.saga_id, version)
 
@@ -250,13 +115,27 @@ def _check(value: object, kind: type, field: str, saga_id: str, *, optional: boo
 
 
 def to_record(row: tuple[Any, ...]) -> SagaRecord:
-    """Build a record from a row: the document, overlaid with the lease columns.
+    """Build a record from a row: the document, overlaid with the lease and cancel columns.
 
     Raises:
         CorruptRecordError: the document is not a saga record of this row's id, its name
             or status disagrees with the columns, or a column has the wrong type.
     """
-    saga_id, name, status, doc, version, updated, owner, lease_id, expires, previous, attempts = row
+    (
+        saga_id,
+        name,
+        status,
+        doc,
+        version,
+        updated,
+        owner,
+        lease_id,
+        expires,
+        previous,
+        attempts,
+        cancel_at,
+        cancel_reason,
+    ) = row
     if not isinstance(doc, str | bytes):
         raise CorruptRecordError("the stored document is not text", saga_id=saga_id, field="doc")
     record = decode_record(doc, saga_id=saga_id)
@@ -277,6 +156,8 @@ def to_record(row: tuple[Any, ...]) -> SagaRecord:
     record.lease_expires_at = from_us(expires, "lease_expires_at_us", saga_id)
     record.previous_owner = _check(previous, str, "previous_owner", saga_id, optional=True)
     record.recovery_attempts = _check(attempts, int, "recovery_attempts", saga_id, optional=False)
+    record.cancel_requested_at = from_us(cancel_at, "cancel_requested_at_us", saga_id)
+    record.cancel_reason = _check(cancel_reason, str, "cancel_reason", saga_id, optional=True)
     return record
 
 
@@ -402,25 +283,27 @@ def claim(
     names: tuple[str, ...],
     limit: int,
     saga_id: str | None,
+    exclude: frozenset[str],
 ) -> list[SagaRecord]:
     """Take up to ``limit`` claimable sagas, oldest first, inside the write transaction.
 
-    Rows that cannot be decoded are logged and skipped; the query is repeated past them
+    Ids in ``exclude`` are passed over. Rows that cannot be decoded are logged and
+    skipped; the query is repeated past them (and past sagas another claim took first)
     until ``limit`` sagas are taken or no candidates are left.
     """
     lease = _Lease.starting(owner, lease_id, clock(), lease_seconds)
     query = sql.select_claimable(len(names), one=saga_id is not None)
-    head: tuple[Any, ...] = (saga_id, *names) if saga_id is not None else names
+    params: dict[str, Any] = {f"n{index}": name for index, name in enumerate(names)}
+    params.update(now=lease.now_us, owner=owner, lease_id=lease_id, saga_id=saga_id)
     claimed: list[SagaRecord] = []
-    seen: set[str] = set()  # skipped and claimed ids (a zero lease could match again)
+    seen: list[str] = []  # skipped and claimed ids (a zero lease could match again)
     while len(claimed) < limit:
-        want = limit - len(claimed) + len(seen)
-        rows = conn.execute(query, (*head, lease.now_us, owner, lease_id, want)).fetchall()
+        want = limit - len(claimed)
+        params.update(want=want, excluded=json.dumps([*exclude, *seen]))
+        rows = conn.execute(query, params).fetchall()
         for row in rows:
             key = row[0]
-            if key in seen:
-                continue
-            seen.add(key)
+            seen.append(key)
             try:
                 record = to_record(row)
             except CorruptRecordError as exc:
@@ -433,8 +316,6 @@ def claim(
                 continue
             if _take(conn, sql, record, lease):
                 claimed.append(record)
-            if len(claimed) >= limit:
-                break
         if len(rows) < want:
             break
     return claimed
@@ -464,6 +345,30 @@ def release(
 ) -> bool:
     """Drop this worker's lease on a saga; return whether it held it."""
     return conn.execute(sql.release, (saga_id, owner, lease_id)).rowcount == 1
+
+
+def request_cancel(
+    conn: sqlite3.Connection,
+    sql: Statements,
+    clock: Callable[[], datetime],
+    saga_id: str,
+    reason: str,
+) -> tuple[bool, SagaRecord | None]:
+    """Store a cancel request on a live saga without one; return (stored, fresh record).
+
+    One ``UPDATE`` that names only the two cancel columns (version, lease and document
+    are left as they are), then a read of the row in the same transaction.
+    """
+    stored = conn.execute(sql.request_cancel, (to_us(clock()), reason, saga_id)).rowcount == 1
+    return stored, load(conn, sql, saga_id)
+
+
+def cancel_requests(
+    conn: sqlite3.Connection, sql: Statements, owner: str, lease_id: str
+) -> dict[str, str]:
+    """The live sagas held by ``owner``/``lease_id`` that were asked to cancel: id -> reason."""
+    rows = conn.execute(sql.cancel_requests, (owner, lease_id)).fetchall()
+    return {saga_id: reason if isinstance(reason, str) else "" for saga_id, reason in rows}
 
 
 SINGLE_STATEMENT: frozenset[Callable[..., Any]] = frozenset({save, delete, release})

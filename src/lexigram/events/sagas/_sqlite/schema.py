@@ -1,9 +1,11 @@
-"""Opening ``SQLiteSagaStore``'s file: settings, the schema and its version.
+"""Opening ``SQLiteSagaStore``'s file: settings, the schema, its version and migration.
 
 Runs on the store's worker thread, on first use (and again on the next operation if it
-failed). Creating the schema is idempotent across processes: the check is repeated inside
-a ``BEGIN IMMEDIATE`` transaction, so of two processes opening a fresh file at once, one
-creates the tables and the other finds them.
+failed). Creating the schema, and migrating a table of an older schema version in place,
+is idempotent across processes: the check is repeated inside a ``BEGIN IMMEDIATE``
+transaction, so of two processes opening the file at once, one creates (or migrates) the
+tables and the other finds them done. SQLite's DDL is transactional: a migration that
+fails half-way leaves the table as it was.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from typing import Final
 
 from lexigram.events.sagas._logging import log_fields
-from lexigram.events.sagas._sqlite.ops import SCHEMA_VERSION, Statements
+from lexigram.events.sagas._sqlite.sql import SCHEMA_VERSION, Statements
 from lexigram.events.sagas.errors import SagaStoreError, SchemaVersionError
 
 __all__ = ["SchemaVersionError", "connect"]
@@ -22,6 +24,8 @@ __all__ = ["SchemaVersionError", "connect"]
 logger = logging.getLogger(__name__)
 
 _IN_MEMORY: Final = ("", ":memory:")
+_MIGRATABLE: Final = "1"
+"""The older schema version this one migrates in place."""
 
 
 def connect(
@@ -76,14 +80,17 @@ def _schema_version(conn: sqlite3.Connection, sql: Statements) -> str | None:
 
 
 def _ensure_schema(conn: sqlite3.Connection, sql: Statements, path: str) -> None:
-    """Create the tables once (idempotent across processes); check the schema version."""
+    """Create or migrate the tables once (idempotent across processes); check the version."""
     found = _schema_version(conn, sql)
-    if found is None:
+    if found is None or found == _MIGRATABLE:
         conn.execute("BEGIN IMMEDIATE")  # serialises processes creating the schema at once
         try:
-            found = _schema_version(conn, sql)
+            found = _schema_version(conn, sql)  # what the process before us left
             if found is None:
                 _create_schema(conn, sql, path)
+                found = str(SCHEMA_VERSION)
+            elif found == _MIGRATABLE:
+                _migrate_schema(conn, sql, path)
                 found = str(SCHEMA_VERSION)
             conn.execute("COMMIT")
         except BaseException:
@@ -99,6 +106,23 @@ def _ensure_schema(conn: sqlite3.Connection, sql: Statements, path: str) -> None
             found_version=found,
             supported_version=SCHEMA_VERSION,
         )
+
+
+def _migrate_schema(conn: sqlite3.Connection, sql: Statements, path: str) -> None:
+    """Schema 1 to 2, inside the caller's transaction: add the columns and indexes."""
+    for statement in sql.migrate_v1:
+        conn.execute(statement)
+    conn.execute(
+        f"UPDATE {sql.meta} SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+    )
+    logger.info(
+        "migrated saga table %s in %s from schema version %s to %d",
+        sql.table,
+        path,
+        _MIGRATABLE,
+        SCHEMA_VERSION,
+        extra=log_fields(),
+    )
 
 
 def _create_schema(conn: sqlite3.Connection, sql: Statements, path: str) -> None:

@@ -32,9 +32,11 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Self
 
-from lexigram.events.sagas._sqlite import ops
-from lexigram.events.sagas._sqlite.ops import Statements, save_params, to_us
+from lexigram.events.sagas._sqlite import checks, ops
+from lexigram.events.sagas._sqlite.ops import save_params, to_us
 from lexigram.events.sagas._sqlite.schema import connect
+from lexigram.events.sagas._sqlite.sql import Statements
+from lexigram.events.sagas._sqlite.watch import Sleepers
 from lexigram.events.sagas._sqlite.worker import Operation, SQLiteWorker
 from lexigram.events.sagas.config import check_list_limit
 from lexigram.events.sagas.errors import SagaStoreError, SchemaVersionError
@@ -79,8 +81,15 @@ class SQLiteSagaStore:
     Rows: the record as one JSON document (the format every store shares) plus indexed
     columns. The lease fields (``version``, ``updated_at``, ``lease_*``,
     ``previous_owner``, ``recovery_attempts``) are read from their columns, which
-    ``claim``, ``renew`` and ``release`` update without rewriting the document. The schema
-    is created on first use; its version is kept in a ``<table>_meta`` table.
+    ``claim``, ``renew`` and ``release`` update without rewriting the document; so are
+    the cancel request's (``cancel_requested_at``, ``cancel_reason``), which only
+    ``request_cancel`` writes. The schema is created on first use; its version is kept in
+    a ``<table>_meta`` table, and a table of schema version 1 is migrated in place.
+
+    ``wait_for_work`` hears at once of enqueues, releases and cancel requests made through
+    this store object; of those made by other processes (or other store objects) it hears
+    by polling SQLite's ``data_version`` (20 to 100 ms apart) while it waits, which also
+    counts their other commits as signs of work.
 
     Args:
         path: The database file (created if missing). ``":memory:"`` gives a private
@@ -138,6 +147,7 @@ class SQLiteSagaStore:
         self._clock = clock
         self._sql = Statements(table)
         self._closed = False
+        self._sleepers = Sleepers()
         self._worker = SQLiteWorker(
             functools.partial(
                 connect,
@@ -208,6 +218,8 @@ class SQLiteSagaStore:
         params = save_params(record)
         await self._submit(ops.save, self._sql, expected, params, write=True)
         record.version = expected + 1
+        if record.lease_owner is None and self._sleepers and not record.is_terminal:
+            self._sleepers.wake()  # enqueued or redriven: work no one holds
 
     async def load(self, saga_id: str) -> SagaRecord | None:
         """Return a copy of the saga's record, or ``None``.
@@ -274,12 +286,21 @@ class SQLiteSagaStore:
         saga_names: Collection[str],
         limit: int = 100,
         saga_id: str | None = None,
+        exclude: Collection[str] = (),
     ) -> builtins.list[SagaRecord]:
         """Atomically take up to ``limit`` claimable sagas of ``saga_names``, oldest first.
 
         Candidates are read and taken in one write transaction, so processes sharing the
         file never take the same saga. Rows that cannot be decoded are logged and skipped.
+        Oldest first means by ``not_before`` when set, else ``created_at``; a free saga
+        whose ``not_before`` is still ahead (by the store's clock) is not claimable; ids
+        in ``exclude`` are passed over. Each kind of candidate is read from its own small
+        index, so a claim costs the same however many sagas are finished or held.
+
+        Raises:
+            TypeError: ``exclude`` is not a collection of saga ids.
         """
+        passed_over = checks.saga_ids("exclude", exclude)
         names = tuple(dict.fromkeys(saga_names))
         if not names or limit <= 0:
             return []
@@ -293,6 +314,7 @@ class SQLiteSagaStore:
             names,
             limit,
             saga_id,
+            passed_over,
             write=True,
         )
         return claimed
@@ -320,7 +342,78 @@ class SQLiteSagaStore:
         held: bool = await self._submit(
             ops.release, self._sql, saga_id, owner, lease_id, write=True
         )
+        if held and self._sleepers:
+            self._sleepers.wake()
         return held
+
+    async def request_cancel(self, saga_id: str, reason: str) -> SagaRecord | None:
+        """Store a request to cancel the saga; return its record (``None``: no such saga).
+
+        On a live saga without a request, one ``UPDATE`` sets ``cancel_requested_at``
+        (the store's clock) and ``cancel_reason`` and nothing else: the version and the
+        lease stay, so the holder's writes go on. A saga already asked keeps the first
+        request; a terminal saga is left as it is. The record returned is read after the
+        write, in the same transaction. Waiters of this store wake at once, those of other
+        processes at their next poll.
+
+        Raises:
+            TypeError: ``saga_id`` or ``reason`` is not a str.
+            CorruptRecordError: the row cannot be read as a saga record (nothing stored).
+        """
+        stored, record = await self._submit(
+            ops.request_cancel,
+            self._sql,
+            self._clock,
+            checks.text("saga_id", saga_id),
+            checks.text("reason", reason),
+            write=True,
+        )
+        if stored and self._sleepers:
+            self._sleepers.wake()
+        found: SagaRecord | None = record
+        return found
+
+    async def cancel_requests(self, owner: str, lease_id: str) -> dict[str, str]:
+        """The live sagas ``owner``/``lease_id`` holds that were asked to cancel: id -> reason.
+
+        Reads an index that holds only the live sagas with a request: called on every
+        heartbeat, it costs next to nothing when no cancel is pending.
+
+        Raises:
+            TypeError: ``owner`` or ``lease_id`` is not a str.
+        """
+        requests: dict[str, str] = await self._submit(
+            ops.cancel_requests,
+            self._sql,
+            checks.text("owner", owner),
+            checks.text("lease_id", lease_id),
+            write=False,
+        )
+        return requests
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a sign of new work; return whether one came.
+
+        Signs: a live saga saved without a lease (an enqueue, a redrive), a release or a
+        cancel request made through this store (at once, once committed), or any commit
+        made to the file by another connection (another process, another store object),
+        seen by polling ``PRAGMA data_version`` on the store's thread while waiting: every
+        20 ms after a change, slowing to every 100 ms after half a second of quiet. Such a
+        commit may be no work for this worker (another's progress): callers claim after
+        every return. Idle, the wait costs ~0.3 % of a core (the thread's wake-ups).
+
+        Raises:
+            TypeError: ``timeout`` is not a number.
+            ValueError: ``timeout`` is negative or NaN.
+            SagaStoreError: the store is closed.
+        """
+        delay = checks.wait_timeout(timeout)
+        if self._closed:
+            raise SagaStoreError("the SQLite saga store is closed")
+        sleepers, worker = self._sleepers, self._worker
+        return await sleepers.wait(
+            delay, first=lambda: worker.watch(sleepers.wake), last=worker.unwatch
+        )
 
     async def delete_terminal(self, *, before: datetime, limit: int = 1000) -> int:
         """Delete up to ``limit`` terminal sagas completed before ``before``; return how many."""
@@ -337,6 +430,8 @@ class SQLiteSagaStore:
             return
         self._closed = True
         self._finalizer.detach()
+        self._worker.unwatch()
+        self._sleepers.wake(result=False)  # no work will come through a closed store
         await self._worker.stop()
 
     async def __aenter__(self) -> Self:

@@ -12,6 +12,9 @@ the thread resolves. The thread takes everything queued at once (a *batch*) and:
 While one transaction commits (the fsync), the next calls queue up, so many sagas running
 at once share each commit instead of paying one fsync per step: that is the group commit.
 Results go back with one ``loop.call_soon_threadsafe`` per batch and event loop.
+
+While ``wait_for_work`` waits, the thread also polls ``PRAGMA data_version`` between
+batches (see ``watch``): it then blocks on its queue for at most the poll interval.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any, Final
 
 from lexigram.events.sagas._logging import log_fields
 from lexigram.events.sagas._sqlite.ops import SINGLE_STATEMENT
+from lexigram.events.sagas._sqlite.watch import ChangeWatch
 from lexigram.events.sagas.errors import SagaError, SagaStoreError, SagaStoreUnavailableError
 
 __all__ = ["Operation", "SQLiteWorker", "map_error"]
@@ -46,6 +50,15 @@ class _Stop:
 
     def __init__(self, future: asyncio.Future[Any] | None) -> None:
         self.future = future
+
+
+class _Poke:
+    """Queued by ``watch()``: wakes a thread blocked on its queue, so that it polls."""
+
+    __slots__ = ()
+
+
+_POKE: Final = _Poke()
 
 
 _MAX_BATCH: Final = 2048
@@ -120,10 +133,11 @@ class SQLiteWorker:
     def __init__(self, connect: Callable[[], sqlite3.Connection], name: str) -> None:
         self._connect = connect
         self._name = name
-        self._queue: queue.SimpleQueue[_Item | _Stop] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Item | _Stop | _Poke] = queue.SimpleQueue()
         self._conn: sqlite3.Connection | None = None
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._watch = ChangeWatch()
         self.stopping = False
         self.commits = 0
         self.writes = 0
@@ -140,6 +154,27 @@ class SQLiteWorker:
             self._start()
         self._queue.put((fn, args, write, future))
         return future
+
+    def watch(self, on_change: Callable[[], None]) -> None:
+        """Poll for commits of other connections, calling ``on_change`` on this thread.
+
+        Loop side; until :meth:`unwatch`. Starts the thread (and opens the file) if needed.
+        """
+        if self.stopping:
+            return
+        self._watch.start(on_change)
+        if self._thread is None:
+            self._start()
+        self._queue.put(_POKE)
+
+    def unwatch(self) -> None:
+        """Stop polling (loop side)."""
+        self._watch.stop()
+
+    @property
+    def polls(self) -> int:
+        """How many times the thread read ``data_version`` (a probe for tests)."""
+        return self._watch.polls
 
     def _start(self) -> None:
         with self._start_lock:
@@ -170,9 +205,15 @@ class SQLiteWorker:
     def _run(self) -> None:
         take = self._queue.get
         take_nowait = self._queue.get_nowait
+        watch = self._watch
         stop: _Stop | None = None
         while stop is None:
-            batch = [take()]
+            try:
+                batch = [take(timeout=watch.block_for())]
+            except queue.Empty:  # no operation within the poll interval
+                if watch.due():
+                    self._poll()
+                continue
             try:
                 while len(batch) < _MAX_BATCH:
                     batch.append(take_nowait())
@@ -181,6 +222,8 @@ class SQLiteWorker:
             reads: list[_Item] = []
             writes: list[_Item] = []
             for item in batch:
+                if isinstance(item, _Poke):
+                    continue
                 if isinstance(item, _Stop):
                     stop = item
                 elif stop is not None:
@@ -195,13 +238,22 @@ class SQLiteWorker:
                     self._post(
                         [(item[3], map_error(exc, "running"), None) for item in reads + writes]
                     )
+            if stop is None and watch.due():
+                self._poll()
         self._shut_down(stop)
+
+    def _poll(self) -> None:
+        """Read ``data_version`` for ``wait_for_work`` (opening the file if needed)."""
+        try:
+            self._watch.poll(self._connection)
+        except Exception as exc:  # the next poll, or the next operation, tries again
+            logger.debug("polling the SQLite saga store failed: %s", exc, extra=log_fields())
 
     def _run_batch(self, reads: list[_Item], writes: list[_Item]) -> None:
         conn = self._conn
         if conn is None:
             try:
-                conn = self._conn = self._connect()
+                conn = self._connection()
             except Exception as exc:
                 logger.warning("cannot open the SQLite saga store: %s", exc, extra=log_fields())
                 self._post([(item[3], map_error(exc, "opening"), None) for item in reads + writes])
@@ -297,8 +349,16 @@ class SQLiteWorker:
                     extra=log_fields(),
                 )
 
-    def _refuse(self, item: _Item | _Stop) -> None:
-        if not isinstance(item, _Stop):
+    def _connection(self) -> sqlite3.Connection:
+        """The connection, opened (and its ``data_version`` noted) on first use."""
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self._connect()
+            self._watch.opened(conn)
+        return conn
+
+    def _refuse(self, item: _Item | _Stop | _Poke) -> None:
+        if not isinstance(item, _Stop | _Poke):
             self._post([(item[3], SagaStoreError("the SQLite saga store is closed"), None)])
 
     def _shut_down(self, stop: _Stop) -> None:
