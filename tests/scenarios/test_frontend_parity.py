@@ -392,10 +392,11 @@ async def test_idempotency_key_is_stable_across_retries(front_end: FrontEnd) -> 
 
 
 def _trace(bus: InMemoryEventBus) -> list[tuple[str, str | None]]:
+    """The lifecycle events in order, leaving out the attempts' ``SagaStepStarted``."""
     return [
         (event.event_type, event.step_name)
         for event in bus.published
-        if isinstance(event, SagaEvent)
+        if isinstance(event, SagaEvent) and event.event_type != "SagaStepStarted"
     ]
 
 
@@ -431,6 +432,12 @@ async def test_lifecycle_events_of_a_compensated_saga(front_end: FrontEnd) -> No
     ]
     failed = [event for event in bus.published if event.event_type == "SagaStepFailed"]
     assert [getattr(event, "will_retry", None) for event in failed] == [True, False]
+    started = [
+        (event.step_name, getattr(event, "attempt", None))
+        for event in bus.published
+        if event.event_type == "SagaStepStarted"
+    ]
+    assert started == [("reserve", 1), ("charge", 1), ("charge", 2), ("confirm", 1)]
 
 
 async def test_context_changes_reach_later_steps_and_compensations(front_end: FrontEnd) -> None:

@@ -456,3 +456,60 @@ async def test_recover_while_postgres_is_down(
     for saga_id in hang:
         (claim,) = entries_of(entries, saga_id, "claim")
         assert claim["previous"] == "w-dead"
+
+
+async def test_a_serving_worker_lives_through_a_postgres_restart(
+    pg_dsn: str, cluster: Cluster
+) -> None:
+    """``serve()`` keeps claiming after the server restarts under it (RELIABILITY 11).
+
+    Sagas enqueued before the restart and after it all complete; the worker's loop and its
+    listener come back without anyone restarting the worker.
+    """
+    from lexigram.events.sagas import SagaBase, SagaContext, saga_step
+
+    class Quick(SagaBase):
+        name = "quick"
+
+        @saga_step("one")
+        async def one(self, ctx: SagaContext) -> None:
+            ctx["one"] = True
+
+        @saga_step("two")
+        async def two(self, ctx: SagaContext) -> None:
+            await asyncio.sleep(0.05)
+
+    table = pg_table()
+    config = SagaConfig(retry_delay_seconds=0, lease_seconds=5, shutdown_timeout=2)
+    worker_store = PostgresSagaStore(pg_dsn, table=table)
+    client_store = PostgresSagaStore(pg_dsn, table=table)
+    worker = SagaManager(worker_store, config=config, worker_id="server")
+    worker.register(Quick)
+    client = SagaManager(client_store, config=config)
+    client.register(Quick)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(worker.serve(concurrency=8, stop=stop, poll_interval=0.2))
+    try:
+        before = [await client.enqueue("quick", {"n": n}) for n in range(20)]
+        await cluster.restart()
+        await cluster.wait_connectable()
+        after: list[str] = []
+        for n in range(20):
+            while True:
+                try:
+                    after.append(await client.enqueue("quick", {"n": 100 + n}))
+                    break
+                except SagaStoreUnavailableError:  # the client's pool meets the dead connections
+                    await asyncio.sleep(0.1)
+        finals = [await client.wait(saga_id, timeout=60) for saga_id in before + after]
+        assert not serving.done(), "serve() ended during the restart"
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, timeout=30)
+        await cluster.ensure_running()
+        await worker.close()
+        await client.close()
+        await worker_store.close()
+        await client_store.close()
+        await drop_pg_table(pg_dsn, table)
+    assert {record.status.value for record in finals} == {"completed"}
