@@ -57,7 +57,15 @@ async def claim_sagas(
         wanted = limit - len(found)
         if saga_id is None:
             rows = await db.query(
-                "fetch", sql.claim, names, owner, lease_id, lease, wanted, passed_over, op="claim"
+                "fetch_generic",
+                sql.claim,
+                names,
+                owner,
+                lease_id,
+                lease,
+                wanted,
+                passed_over,
+                op="claim",
             )
         else:
             rows = await db.query(

@@ -42,8 +42,14 @@ logger = logging.getLogger(__name__)
 
 _CONFLICT_RETRIES = 5
 
-Query = Literal["fetch", "fetchrow", "fetchval", "execute"]
-"""The asyncpg connection method that runs a statement (what the caller wants back)."""
+Query = Literal["fetch", "fetchrow", "fetchval", "execute", "fetch_generic"]
+"""The asyncpg connection method that runs a statement (what the caller wants back).
+
+``fetch_generic`` is ``fetch`` under a generic plan (``SET LOCAL plan_cache_mode`` in a
+transaction of its own): for a statement whose custom plans cost more to make than to run.
+"""
+
+_GENERIC_PLAN = "SET LOCAL plan_cache_mode = force_generic_plan"
 
 
 async def _keep_session(connection: Any) -> None:
@@ -236,6 +242,10 @@ class StatementRunner:
     async def _run(self, pool: Any, kind: Query, sql: str, args: tuple[Any, ...]) -> Any:
         async with pool.acquire(timeout=self._timeout) as conn:
             try:
+                if kind == "fetch_generic":
+                    async with conn.transaction():
+                        await conn.execute(_GENERIC_PLAN, timeout=self._timeout)
+                        return await conn.fetch(sql, *args, timeout=self._timeout)
                 return await getattr(conn, kind)(sql, *args, timeout=self._timeout)
             except Exception as exc:
                 if is_unavailable(exc):
