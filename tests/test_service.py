@@ -16,13 +16,16 @@ import pytest
 
 from lexigram.events.sagas import (
     InMemorySagaStore,
+    SagaBase,
     SagaConfig,
+    SagaContext,
     SagaDataError,
     SagaError,
     SagaManager,
     SagaNotFoundError,
     SagaStatus,
     SagaStepStatus,
+    saga_step,
 )
 from lexigram.events.sagas.testing import ManualClock, StoreCall, StoreWrapper
 from tests.support.helpers import (
@@ -412,3 +415,134 @@ async def test_a_cancel_reason_must_be_reasonable() -> None:
         await client.cancel(saga_id, reason="a\x00b")
     assert (await stored(client.store, saga_id)).cancel_requested_at is None
     await client.close()
+
+
+# ------------------------------------------------------------------ found in review
+
+
+async def test_close_during_a_claim_strands_nothing() -> None:
+    """A claim that lands while the manager closes is handed back, not left under its lease."""
+    claiming, go_on = asyncio.Event(), asyncio.Event()
+
+    class SlowClaims(StoreWrapper):
+        async def forward(self, call: StoreCall[T]) -> T:
+            if call.method == "claim":
+                claiming.set()
+                await go_on.wait()
+            return await super().forward(call)
+
+    inner = InMemorySagaStore()
+    client = manager_for(Script(), store=inner, config=FAST)
+    saga_id = await client.enqueue("scripted")
+    worker = manager_for(Script(), store=SlowClaims(inner), config=FAST)
+    serving_task = asyncio.create_task(worker.serve(poll_interval=30))
+    await asyncio.wait_for(claiming.wait(), timeout=5)
+    closing = asyncio.create_task(worker.close())
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # close() waits for the claim in flight
+    go_on.set()
+    await asyncio.wait_for(closing, timeout=5)
+    await asyncio.wait_for(serving_task, timeout=5)  # returns, raises nothing
+    left = await stored(inner, saga_id)
+    assert (left.status, left.lease_owner) == (SagaStatus.PENDING, None)
+    await client.close()
+
+
+async def test_a_capped_type_is_not_starved_by_an_uncapped_backlog() -> None:
+    """Capped names are claimed first, within their caps."""
+    store = InMemorySagaStore()
+    started: list[str] = []
+    worker = SagaManager(store=store, config=FAST)
+    client = SagaManager(store=store, config=FAST)
+    for name, cap in (("bulk", None), ("rare", 1)):
+        script = Script()
+
+        async def note(ctx: SagaContext, name: str = name) -> object:
+            started.append(name)
+            await asyncio.sleep(0.01)
+            return None
+
+        script.behaviours["a"] = note
+        worker.register(saga_class(script, name=name), max_concurrency=cap)
+        client.register(saga_class(Script(), name=name))
+    ids = [await client.enqueue("bulk") for _ in range(20)]
+    ids.append(await client.enqueue("rare"))
+    async with serving(worker, concurrency=2, poll_interval=30):
+        for saga_id in ids:
+            await client.wait(saga_id, timeout=10)
+    assert "rare" in started[:2]
+    await client.close()
+    await worker.close()
+
+
+async def test_an_enqueued_saga_recovered_without_serve_gets_its_deadline() -> None:
+    """Whatever path first runs an enqueued saga (here recover()) gives it its deadline."""
+    store = InMemorySagaStore()
+    client = manager_for(Script(), store=store, config=FAST)
+    saga_id = await client.enqueue("scripted")
+    worker = manager_for(Script(), store=store, config=FAST)
+    assert await worker.recover() == 1
+    record = await worker.wait(saga_id, timeout=5)
+    assert record.deadline_at is not None
+    assert record.created_at is not None
+    assert record.deadline_at > record.created_at
+    await client.close()
+    await worker.close()
+
+
+async def test_a_saga_cancelled_before_it_ran_compensates_nothing() -> None:
+    """compensate_failed never compensates a step whose action no worker started."""
+    store = InMemorySagaStore()
+    script = Script()
+    worker = SagaManager(store=store, config=FAST)
+    worker.register(_flagged(script))
+    client = SagaManager(store=store, config=FAST)
+    client.register(_flagged(Script()))
+    saga_id = await client.enqueue("flagged")
+    await client.cancel(saga_id, reason="changed my mind")
+    async with serving(worker, poll_interval=30):
+        record = await client.wait(saga_id, timeout=5)
+    assert record.status is SagaStatus.COMPENSATED
+    assert script.calls == []  # neither the action nor its compensation ran
+    await client.close()
+    await worker.close()
+
+
+def _flagged(script: Script) -> type[SagaBase]:
+    class Flagged(SagaBase):
+        name = "flagged"
+
+        @saga_step("a", compensate_failed=True)
+        async def a(self, ctx: SagaContext) -> object:
+            return await script.act("a", ctx)
+
+        @saga_step("a", compensation=True)
+        async def undo_a(self, ctx: SagaContext) -> object:
+            return await script.undo("a", ctx)
+
+    return Flagged
+
+
+async def test_retry_refuses_a_saga_that_failed_without_compensating() -> None:
+    """A saga that ended FAILED with compensation disabled has nothing to redrive."""
+    script = Script()
+    script.behaviours["b"] = raise_each(ValueError("no"))
+    manager = manager_for(
+        script, config=SagaConfig(retry_delay_seconds=0, enable_compensation=False)
+    )
+    failed = await manager.execute("scripted", timeout=5)
+    assert failed.status is SagaStatus.FAILED
+    with pytest.raises(SagaError, match="nothing to redrive"):
+        await manager.retry(failed.saga_id)
+    assert (await stored(manager.store, failed.saga_id)).status is SagaStatus.FAILED
+    await manager.close()
+
+
+async def test_serve_needs_something_to_serve() -> None:
+    """A manager with nothing registered, or a bool poll interval, is refused at once."""
+    with pytest.raises(SagaError, match="needs at least one registered saga"):
+        await SagaManager().serve()
+    worker = manager_for(Script(), config=FAST)
+    with pytest.raises(ValueError, match="poll_interval must be a positive number"):
+        await worker.serve(poll_interval=True)
+    await worker.close()

@@ -406,6 +406,8 @@ class SagaRuntime(ServiceAPI, ControlAPI):
         if self._closed:
             return
         self._closed = True
+        if self._wake_server is not None:  # a serve() loop: stop claiming now
+            self._wake_server()
         if self._launching:  # calls already storing or claiming a saga launch it first
             self._idle = asyncio.get_running_loop().create_future()
             await self._idle

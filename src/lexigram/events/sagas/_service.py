@@ -18,7 +18,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from lexigram.events.sagas._engine.engine import Engine
@@ -88,12 +88,19 @@ class ServiceAPI:
     _recovery: Recovery
     _closed: bool
     _serving: bool = False
+    _wake_server: Callable[[], None] | None = None  # set while serve() runs
     recovery_problems: builtins.list[RecoveryProblem]
 
     def _check_open(self) -> None:
         raise NotImplementedError
 
     async def _drain(self) -> None:
+        raise NotImplementedError
+
+    def _begin_launch(self) -> None:
+        raise NotImplementedError
+
+    def _end_launch(self) -> None:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ clients
@@ -181,7 +188,8 @@ class ServiceAPI:
 
         Raises:
             SagaNotFoundError: no saga has this id.
-            SagaError: the saga is not ``FAILED`` (nothing to redrive).
+            SagaError: the saga is not ``FAILED``, or failed with compensation disabled
+                (nothing to redrive).
         """
         self._check_open()
         while True:
@@ -193,7 +201,10 @@ class ServiceAPI:
                     f"saga '{saga_id}' is {record.status.value}: only a failed saga can be retried",
                     saga_id=saga_id,
                 )
-            redrive_saga(record, self._clock())
+            try:
+                redrive_saga(record, self._clock())
+            except ValueError as exc:
+                raise SagaError(str(exc), saga_id=saga_id) from None
             try:
                 await self._store.save(record)
             except ConcurrencyConflictError:
@@ -230,15 +241,21 @@ class ServiceAPI:
         Raises:
             ValueError: ``concurrency`` is not a positive int or ``poll_interval`` is not
                 a positive number.
-            SagaError: the manager is closed, or already serving.
+            SagaError: the manager is closed, already serving, or has no saga registered.
         """
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise ValueError(f"concurrency must be a positive int, got {concurrency!r}")
-        if not isinstance(poll_interval, int | float) or not 0 < poll_interval < float("inf"):
+        if (
+            not isinstance(poll_interval, int | float)
+            or isinstance(poll_interval, bool)
+            or not 0 < poll_interval < float("inf")
+        ):
             raise ValueError(f"poll_interval must be a positive number, got {poll_interval!r}")
         self._check_open()
         if self._serving:
             raise SagaError("serve() is already running on this manager")
+        if not self._registry.flows:
+            raise SagaError("serve() needs at least one registered saga to run")
         self._serving = True
         try:
             await _Server(self, concurrency, poll_interval).run(stop)
@@ -262,6 +279,7 @@ class _Server:
     async def run(self, stop: asyncio.Event | None) -> None:
         engine = self._engine
         previous, engine.on_run_end = engine.on_run_end, self._wake.set
+        self._api._wake_server = self._wake.set  # close() wakes the loop at once
         watcher = asyncio.create_task(self._watch_store(), name="saga-serve-watch")
         stopper = None if stop is None else asyncio.create_task(self._watch_stop(stop))
         logger.info(
@@ -284,7 +302,8 @@ class _Server:
             if stopper is not None:
                 stopper.cancel()
             engine.on_run_end = previous
-        await self._api._drain()
+            self._api._wake_server = None
+            await self._api._drain()  # also when serve() itself is cancelled
 
     def _stopping(self, stop: asyncio.Event | None) -> bool:
         return self._api._closed or (stop is not None and stop.is_set())
@@ -312,18 +331,23 @@ class _Server:
     def _batches(self, free: int) -> builtins.list[tuple[builtins.list[str], int]]:
         """What to claim now: ``(names, limit)`` pairs within the free slots and the caps.
 
-        Names without ``max_concurrency`` share one claim; a capped name is claimed on its
-        own, up to what its cap leaves.
+        A capped name is claimed on its own, up to what its cap leaves, before the names
+        without ``max_concurrency``, which share one claim of the slots left. (Oldest first
+        holds within each claim, not across capped and uncapped names.)
         """
         flows = self._api._registry.flows
         caps = self._api._registry.max_concurrency
         if not caps:
             return [(builtins.list(flows), free)]
         running = Counter(run.record.saga_name for run in self._engine.runs.values())
-        batches = [([name for name in flows if name not in caps], free)]
-        for name, cap in caps.items():
-            if name in flows and running[name] < cap:
-                batches.append(([name], min(free, cap - running[name])))
+        # Capped names first, within their caps: claimed after the others, they would get
+        # no slot for as long as the uncapped names have a backlog.
+        batches = [
+            ([name], min(free, cap - running[name]))
+            for name, cap in caps.items()
+            if name in flows and running[name] < cap
+        ]
+        batches.append(([name for name in flows if name not in caps], free))
         return [(names, limit) for names, limit in batches if names and limit > 0]
 
     async def _claim_once(self) -> None:
@@ -350,49 +374,75 @@ class _Server:
             limit = min(limit, self._concurrency - len(engine.runs))
             if limit <= 0:
                 return
+            self._api._begin_launch()  # close() waits for what this claim brings
             try:
-                claimed = await self._api._store.claim(
-                    engine.worker_id,
-                    engine.lease_id,
-                    lease_seconds=engine.lease.seconds,
-                    saga_names=names,
-                    limit=limit,
-                    exclude=builtins.list(self._refused),
-                )
-            except Exception as exc:  # the loop never dies: it claims again next round
-                # An outage may hide a claim that landed: adopt what it stranded next time.
-                if isinstance(exc, SagaStoreUnavailableError | OSError):
-                    self._uncertain = True
-                    self._api._recovery.note_lost_claim()
-                logger.warning(
-                    "claiming failed (%s); retrying in %.2fs",
-                    exc,
-                    self._poll,
-                    exc_info=not self._uncertain,
-                    extra=log_fields(worker_id=engine.worker_id),
-                )
-                await asyncio.sleep(self._poll)
-                return
-            for record in claimed:
-                self._launch(record)
+                if not await self._claim_batch(names, limit):
+                    await asyncio.sleep(self._poll)
+                    return
+            finally:
+                self._api._end_launch()
 
-    def _launch(self, record: SagaRecord) -> None:
+    async def _claim_batch(self, names: builtins.list[str], limit: int) -> bool:
+        """Claim one batch and launch it; ``False`` when the claim failed (logged)."""
         engine = self._engine
+        try:
+            claimed = await self._api._store.claim(
+                engine.worker_id,
+                engine.lease_id,
+                lease_seconds=engine.lease.seconds,
+                saga_names=names,
+                limit=limit,
+                exclude=builtins.list(self._refused),
+            )
+        except Exception as exc:  # the loop never dies: it claims again next round
+            # An outage may hide a claim that landed: adopt what it stranded next time.
+            if isinstance(exc, SagaStoreUnavailableError | OSError):
+                self._uncertain = True
+                self._api._recovery.note_lost_claim()
+            logger.warning(
+                "claiming failed (%s); retrying in %.2fs",
+                exc,
+                self._poll,
+                exc_info=not self._uncertain,
+                extra=log_fields(worker_id=engine.worker_id),
+            )
+            return False
+        for record in claimed:
+            await self._launch(record)
+        return True
+
+    async def _launch(self, record: SagaRecord) -> None:
+        engine = self._engine
+        if self._api._closed:  # claimed while the manager closed: hand it straight back
+            await self._release(record)
+            return
         try:
             flow = self._api._recovery.resumable(record)
         except SagaError as error:
             self._refuse(record, error)
+            await self._release(record)
             return
         align_cursor(flow, record)
-        if record.deadline_at is None:  # enqueued: the deadline counts from the first run
-            config = flow.config or self._api._config
-            record.deadline_at = engine.clock() + timedelta(seconds=config.default_timeout_seconds)
         engine.launch(record, flow)
+
+    async def _release(self, record: SagaRecord) -> None:
+        engine = self._engine
+        try:
+            await engine.store.release(record.saga_id, engine.worker_id, engine.lease_id)
+        except Exception as exc:  # its lease expires anyway: another worker takes it then
+            logger.warning(
+                "could not release saga %s (%s)",
+                record.saga_id,
+                exc,
+                extra=log_fields(saga_id=record.saga_id, worker_id=engine.worker_id),
+            )
 
     def _refuse(self, record: SagaRecord, error: SagaError) -> None:
         """Leave a saga this worker cannot run to others (released, passed over a while)."""
         self._refused[record.saga_id] = time.monotonic() + _REFUSED_FOR
-        self._api.recovery_problems.append(RecoveryProblem(record.saga_id, record.saga_name, error))
+        problems = self._api.recovery_problems
+        problems[:] = [p for p in problems if p.saga_id != record.saga_id]  # one per saga
+        problems.append(RecoveryProblem(record.saga_id, record.saga_name, error))
         logger.warning(
             "serve(): saga %s (%s) left to other workers: %s",
             record.saga_id,
@@ -404,13 +454,3 @@ class _Server:
                 worker_id=self._engine.worker_id,
             ),
         )
-        engine = self._engine
-        task = asyncio.ensure_future(
-            engine.store.release(record.saga_id, engine.worker_id, engine.lease_id)
-        )
-        task.add_done_callback(_quiet)
-
-
-def _quiet(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.warning("could not release a refused saga: %r", task.exception())

@@ -155,6 +155,11 @@ def redrive_saga(record: SagaRecord, now: datetime) -> None:
     """
     if record.status is not SagaStatus.FAILED:
         raise ValueError(f"saga '{record.saga_id}' is {record.status.value}, not failed")
+    if not any(step.compensation_error is not None for step in record.steps.values()):
+        raise ValueError(
+            f"saga '{record.saga_id}' failed without a compensation that gave up "
+            "(compensation disabled): there is nothing to redrive"
+        )
     for step in record.steps.values():
         if step.status is SagaStepStatus.FAILED and step.compensation_error is not None:
             if step.completion_seq is not None:  # its action completed (else: it stays

@@ -167,6 +167,7 @@ class Compensation:
                 step.status is _FAILED
                 and node.compensate_failed
                 and step.compensation_error is None
+                and step.started_at is not None  # its action may have run
             ):
                 todo.append(step)
         todo.sort(key=_undo_order, reverse=True)

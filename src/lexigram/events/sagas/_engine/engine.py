@@ -32,7 +32,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from lexigram.events._bus import EventBusProtocol
@@ -155,6 +155,9 @@ class Engine(Compensation):
         if stop is not None:
             run.stop(*stop)
         self.runs[record.saga_id] = run
+        if record.deadline_at is None:  # enqueued: the deadline counts from its first run
+            deadline_in = run.config.default_timeout_seconds
+            record.deadline_at = self.clock() + timedelta(seconds=deadline_in)
         if record.deadline_at is not None:
             if deadline_in is None:
                 deadline_in = (record.deadline_at - self.clock()).total_seconds()

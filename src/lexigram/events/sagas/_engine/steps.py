@@ -52,10 +52,18 @@ def enter_step(run: SagaRun, node: FlowStep, now: datetime) -> SagaStepRecord:
 
 
 def fail_step(run: SagaRun, node: FlowStep, error: str, now: datetime) -> None:
-    """Mark ``node``'s step failed with ``error`` (creating its record if it never ran)."""
+    """Mark ``node``'s step failed with ``error`` (creating its record if it never ran here).
+
+    A record created here has ``started_at`` set only when a crashed worker may have run
+    the step (the saga was taken over without progress since): whether it ran then is
+    unknown, while a step that was never started in any worker keeps ``started_at`` unset
+    (``compensate_failed`` compensates the first, never the second).
+    """
     step = run.record.steps.get(node.name)
     if step is None:
         step = run.record.steps[node.name] = SagaStepRecord(node.name, parent=node.parent)
+        if run.record.recovery_attempts > 0:
+            step.started_at = now
     move_step(step, _FAILED)
     step.error = error
     step.completion_seq = None
