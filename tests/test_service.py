@@ -546,3 +546,28 @@ async def test_serve_needs_something_to_serve() -> None:
     with pytest.raises(ValueError, match="poll_interval must be a positive number"):
         await worker.serve(poll_interval=True)
     await worker.close()
+
+
+async def test_stopping_serve_lets_the_running_step_finish_then_releases() -> None:
+    """On stop, the step in flight completes and is stored; the saga goes no further here."""
+    store = InMemorySagaStore()
+    script = Script()
+    entered, release = asyncio.Event(), asyncio.Event()
+    script.behaviours["b"] = blocking(entered, release)
+    worker = manager_for(script, store=store, config=SagaConfig(shutdown_timeout=10))
+    client = manager_for(Script(), store=store, config=FAST)
+    saga_id = await client.enqueue("scripted")
+    stop = asyncio.Event()
+    serving_task = asyncio.create_task(worker.serve(stop=stop, poll_interval=30))
+    await asyncio.wait_for(entered.wait(), timeout=5)
+    stop.set()
+    await asyncio.sleep(0.05)
+    assert not serving_task.done()  # waiting for step b, not interrupting it
+    release.set()
+    await asyncio.wait_for(serving_task, timeout=5)
+    left = await stored(store, saga_id)
+    assert left.steps["b"].status is SagaStepStatus.COMPLETED
+    assert (left.status, left.current_step, left.lease_owner) == (SagaStatus.RUNNING, "c", None)
+    assert script.actions() == ["a", "b"]  # c is left to the next worker
+    await client.close()
+    await worker.close()

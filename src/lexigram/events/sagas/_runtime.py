@@ -416,11 +416,18 @@ class SagaRuntime(ServiceAPI, ControlAPI):
         await self._drain()
         await self._engine.close()
 
-    async def _drain(self) -> None:
-        """Wait up to ``shutdown_timeout`` for the runs here; stop (and release) the rest."""
+    async def _drain(self, *, steps_only: bool = False) -> None:
+        """Wait up to ``shutdown_timeout`` for the runs here; stop (and release) the rest.
+
+        With ``steps_only`` (a worker leaving ``serve()``), each run stops after the step or
+        compensation in flight and is released, instead of going on to its end.
+        """
         engine = self._engine
         tasks = {run.task for run in engine.runs.values() if run.task is not None}
         if tasks:
+            if steps_only:
+                for run in builtins.list(engine.runs.values()):
+                    run.stop(StopReason.DRAIN, "worker leaving serve()")
             _, pending = await asyncio.wait(tasks, timeout=self._config.shutdown_timeout)
             if pending:
                 for run in builtins.list(engine.runs.values()):

@@ -94,7 +94,7 @@ class ServiceAPI:
     def _check_open(self) -> None:
         raise NotImplementedError
 
-    async def _drain(self) -> None:
+    async def _drain(self, *, steps_only: bool = False) -> None:
         raise NotImplementedError
 
     def _begin_launch(self) -> None:
@@ -303,7 +303,7 @@ class _Server:
                 stopper.cancel()
             engine.on_run_end = previous
             self._api._wake_server = None
-            await self._api._drain()  # also when serve() itself is cancelled
+            await self._api._drain(steps_only=True)  # also when serve() is cancelled
 
     def _stopping(self, stop: asyncio.Event | None) -> bool:
         return self._api._closed or (stop is not None and stop.is_set())

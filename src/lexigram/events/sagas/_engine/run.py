@@ -40,18 +40,22 @@ class StopReason(Enum):
 
     ``CANCEL`` and ``DEADLINE`` are *soft*: they stop forward steps and the saga
     compensates (compensations are shielded). ``SHUTDOWN`` and ``LEASE_LOST`` are *hard*:
-    they stop everything at once and nothing more is written.
+    they stop everything at once and nothing more is written. ``DRAIN`` (a worker leaving
+    ``serve()``) is hard too, but interrupts nothing: the step or compensation running now
+    finishes and is written, and the run stops at the next one; ``SHUTDOWN`` may still
+    follow it.
     """
 
     CANCEL = "cancel"
     DEADLINE = "deadline"
+    DRAIN = "drain"
     SHUTDOWN = "shutdown"
     LEASE_LOST = "lease_lost"
 
     @property
     def is_hard(self) -> bool:
-        """Whether the stop also interrupts compensations and writes nothing more."""
-        return self is StopReason.SHUTDOWN or self is StopReason.LEASE_LOST
+        """Whether the stop also applies to compensations (and leaves the saga resumable)."""
+        return self is not StopReason.CANCEL and self is not StopReason.DEADLINE
 
 
 class Interrupted(Exception):  # noqa: N818 - a control-flow signal, not an error
@@ -172,12 +176,20 @@ class SagaRun:
         self.waiters.clear()
 
     def stop(self, reason: StopReason, message: str = "") -> None:
-        """Ask the run to stop; shutdown and lease loss override cancel and deadline."""
+        """Ask the run to stop; shutdown and lease loss override cancel and deadline.
+
+        ``DRAIN`` cancels no user code (the step in flight finishes); a later ``SHUTDOWN``
+        or ``LEASE_LOST`` overrides it.
+        """
         current = self.stop_reason
-        if current is not None and (current.is_hard or not reason.is_hard):
+        if current is not None and (
+            not reason.is_hard or (current.is_hard and current is not StopReason.DRAIN)
+        ):
             return
         self.stop_reason = reason
         self.stop_message = message
+        if reason is StopReason.DRAIN:
+            return
         hard = reason.is_hard
         for task, forward in self.in_user_code.items():
             if (forward or hard) and task not in self.cancelled_tasks:
