@@ -615,7 +615,7 @@ async def test_a_claim_reads_neither_held_nor_finished_nor_scheduled_sagas(
     scans = _scan_nodes(plan)
     assert not [s for s in scans if s["Node Type"] == "Seq Scan"]
     indexes = {s["Index Name"].removeprefix(store.table + "_") for s in scans if "Index Name" in s}
-    assert indexes <= {"fresh_idx", "due_idx", "expiry_idx", "holder_idx", "pkey"}
+    assert indexes <= {"fresh_idx", "due_idx", "expiry_idx", "holder_idx", "cancel_idx", "pkey"}
     read = sum(_rows_read(s) for s in scans)  # 54 to 64: 2 x 10 fresh, 2 + 2 held, 10-20 by id
     assert read < 80, json.dumps(plan, indent=1)
 

@@ -394,9 +394,10 @@ async def test_claim_and_cancel_queries_read_only_their_partial_indexes(db_path:
         "INDEX lexigram_sagas_scheduled",
         "INDEX lexigram_sagas_expiry",
         "INDEX lexigram_sagas_holder",
+        "INDEX lexigram_sagas_cancels",  # scheduled sagas asked to cancel (lease_owner=NULL)
         "INDEX sqlite_autoindex_lexigram_sagas_1",  # the final read of the chosen rows
     }, claim_plan
-    assert len(searches) == 2 * 2 + 5 + 1, claim_plan
+    assert len(searches) == 2 * 2 + 1 + 5 + 1, claim_plan
     assert "SCAN lexigram_sagas" not in claim_plan
     assert "SCAN t" not in claim_plan
     assert "lease_id<?" in claim_plan  # the holder index is read in ranges...

@@ -57,18 +57,20 @@ def is_claimable(
     claimer_lease_id: str,
     now: datetime,
     not_before: datetime | None = None,
+    cancel_requested: bool = False,
 ) -> bool:
     """The claim rule of the store contract, as a pure function (for stores and tests).
 
     Claimable: not terminal, not held under the claimer's own ``lease_id`` (a worker never
     takes over its own running sagas, even when their lease ran late), and either free
-    (and due: ``not_before`` is unset or past), expired, or held by the claimer's name
-    under another ``lease_id`` (an earlier incarnation of a restarted worker).
+    (and due: ``not_before`` is unset or past, or it was asked to cancel, which must not
+    wait for its time), expired, or held by the claimer's name under another ``lease_id``
+    (an earlier incarnation of a restarted worker).
     """
     if status in TERMINAL_SAGA_STATUSES or lease_id == claimer_lease_id:
         return False
     if lease_owner is None:
-        return not_before is None or not_before <= now
+        return not_before is None or not_before <= now or cancel_requested
     if lease_expires_at is None or lease_expires_at <= now:
         return True
     return lease_owner == owner and lease_id != claimer_lease_id

@@ -275,6 +275,7 @@ class InMemorySagaStore:
                 claimer_lease_id=lease_id,
                 now=now,
                 not_before=row.fields[_NOT_BEFORE],
+                cancel_requested=row.fields[_CANCEL_AT] is not None,
             )
         )
         claimed: builtins.list[SagaRecord] = []

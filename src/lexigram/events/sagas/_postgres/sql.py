@@ -261,6 +261,8 @@ class Statements:
         - ``fresh``: free, no ``not_before``, by ``created_at`` (per name: an index scan
           in order, stopped at the limit);
         - ``due``: free, ``not_before`` passed, by ``not_before`` (the same, per name);
+        - ``asked``: free, ``not_before`` ahead, but asked to cancel (it must not wait for
+          its time): read from the index of cancel requests;
         - ``expired``: held under a lease that has run out (or has no expiry);
         - ``older``/``newer``/``nameless``: held under a live lease by the claimer's name
           with a lease id before, after, or without one (an earlier incarnation's): index
@@ -285,6 +287,13 @@ class Statements:
                         AND lease_id IS DISTINCT FROM $3 AND saga_id <> ALL($6::text[])
                     ORDER BY {order}, saga_id LIMIT $5
                     FOR UPDATE SKIP LOCKED) AS part"""
+        parts["asked"] = f"""SELECT {_OLD_LEASE}, not_before AS ready_at FROM {t}
+                WHERE saga_name = ANY($1::text[]) AND status IN {LIVE}
+                    AND lease_owner IS NULL AND cancel_requested_at IS NOT NULL
+                    AND not_before > now()
+                    AND lease_id IS DISTINCT FROM $3 AND saga_id <> ALL($6::text[])
+                ORDER BY ready_at, saga_id LIMIT $5
+                FOR UPDATE SKIP LOCKED"""
         live_lease = f"coalesce(lease_expires_at, {NO_EXPIRY}) > now()"
         for name, where in (
             ("expired", f"coalesce(lease_expires_at, {NO_EXPIRY}) <= now()"),
@@ -317,6 +326,7 @@ class Statements:
                     AND lease_id IS DISTINCT FROM $3
                     AND CASE WHEN lease_owner IS NULL
                         THEN not_before IS NULL OR not_before <= now()
+                            OR cancel_requested_at IS NOT NULL
                         ELSE lease_expires_at IS NULL OR lease_expires_at <= now()
                             OR lease_owner = $2 END
                 FOR UPDATE SKIP LOCKED)

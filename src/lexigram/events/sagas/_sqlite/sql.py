@@ -257,7 +257,8 @@ def _select_one(table: str, names: int) -> str:
     return (
         f'SELECT {READ} FROM "{table}" WHERE saga_id = :saga_id AND {LIVE} '
         f"AND {_names_in(names)} AND lease_id IS NOT :lease_id AND {_EXCLUDED} AND ("
-        "(lease_owner IS NULL AND (not_before_us IS NULL OR not_before_us <= :now)) "
+        "(lease_owner IS NULL AND (not_before_us IS NULL OR not_before_us <= :now "
+        "OR cancel_requested_at_us IS NOT NULL)) "
         "OR (lease_owner IS NOT NULL AND (lease_expires_at_us IS NULL "
         "OR lease_expires_at_us <= :now OR lease_owner = :owner))) LIMIT :want"
     )
@@ -290,6 +291,12 @@ def _select_oldest(table: str, names: int) -> str:
             f"AND not_before_us <= :now AND lease_id IS NOT :lease_id AND {_EXCLUDED} "
             "ORDER BY not_before_us, saga_id LIMIT :want"
         )
+    arms.append(  # free, delayed, but asked to cancel: it must not wait for its time
+        f'SELECT saga_id, not_before_us AS ready FROM {t} INDEXED BY "{table}_cancels" '
+        f"WHERE cancel_requested_at_us IS NOT NULL AND {_FREE} AND not_before_us > :now "
+        f"AND {_names_in(names)} AND lease_id IS NOT :lease_id AND {_EXCLUDED} "
+        "ORDER BY ready, saga_id LIMIT :want"
+    )
     for index, condition in (
         ("expiry", "lease_expires_at_us <= :now AND lease_id IS NOT :lease_id"),
         ("expiry", "lease_expires_at_us IS NULL AND lease_id IS NOT :lease_id"),

@@ -190,3 +190,23 @@ class ServiceContract:
         record.completed_at = None
         await store.save(record)
         assert await asyncio.wait_for(waiter, timeout=5) is True
+
+    async def test_a_saga_scheduled_for_later_and_asked_to_cancel_is_claimable_now(
+        self, store: SagaStore
+    ) -> None:
+        """A cancel must not wait for ``not_before``: the request makes the saga claimable."""
+        later = make_record("later", status=SagaStatus.PENDING)
+        later.not_before = _later()
+        await store.save(later)
+        assert await _claim(store) == []
+        await store.request_cancel("later", "never mind")
+        (claimed,) = await _claim(store)
+        assert (claimed.saga_id, claimed.cancel_reason) == ("later", "never mind")
+        one = make_record("one", status=SagaStatus.PENDING)
+        one.not_before = _later()
+        await store.save(one)
+        await store.request_cancel("one", "x")
+        taken = await store.claim(
+            "w2", "l2", lease_seconds=30, saga_names=["orders"], saga_id="one"
+        )
+        assert [r.saga_id for r in taken] == ["one"]
