@@ -22,7 +22,7 @@ from lexigram.events.sagas.base import SagaBase, saga_step
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import SagaContext, SagaStepResult
 from lexigram.events.sagas.errors import NonRetryableError
-from lexigram.events.sagas.events import SagaEvent
+from lexigram.events.sagas.events import SagaEvent, SagaStepStarted
 from lexigram.events.sagas.manager import SagaManager
 from lexigram.events.sagas.orchestrator import OrchestratedStep, SagaOrchestrator
 from lexigram.events.sagas.store import InMemorySagaStore, SagaStore
@@ -433,9 +433,9 @@ async def test_lifecycle_events_of_a_compensated_saga(front_end: FrontEnd) -> No
     failed = [event for event in bus.published if event.event_type == "SagaStepFailed"]
     assert [getattr(event, "will_retry", None) for event in failed] == [True, False]
     started = [
-        (event.step_name, getattr(event, "attempt", None))
+        (event.step_name, event.attempt)
         for event in bus.published
-        if event.event_type == "SagaStepStarted"
+        if isinstance(event, SagaStepStarted)
     ]
     assert started == [("reserve", 1), ("charge", 1), ("charge", 2), ("confirm", 1)]
 
