@@ -42,8 +42,10 @@ async def save_unheld(
     if record.version == 0 and not coalescer.notify_inline():
         # An enqueue right after another: a trailing signal covers it.
         row = await db.query("fetchrow", sql.insert, *arguments, op="save", saga_id=record.saga_id)
-        if row is not None and (
-            record.not_before is None or record.not_before <= datetime.now(UTC)
+        if (
+            row is not None
+            and not record.is_terminal
+            and (record.not_before is None or record.not_before <= datetime.now(UTC))
         ):
             coalescer.follow(record.saga_name)
             if not signal.listening:
