@@ -49,6 +49,7 @@ from typing import Any, Self
 
 import asyncpg
 
+from lexigram.events.sagas._postgres import requests
 from lexigram.events.sagas._postgres.claims import claim_sagas
 from lexigram.events.sagas._postgres.coalesce import NotifyCoalescer
 from lexigram.events.sagas._postgres.dsn import connect_arguments, is_url
@@ -57,7 +58,6 @@ from lexigram.events.sagas._postgres.listener import WorkSignal
 from lexigram.events.sagas._postgres.reads import list_records
 from lexigram.events.sagas._postgres.rows import (
     UPDATE_ARGUMENTS,
-    check_text,
     record_from_row,
     save_arguments,
 )
@@ -428,23 +428,7 @@ class PostgresSagaStore:
                 PostgreSQL text column cannot hold.
             CorruptRecordError: the saga's row cannot be read.
         """
-        check_text(saga_id, "saga_id")
-        check_text(reason, "reason", stored=True)
-        listening = self._signal.listening
-        row = await self._db.query(
-            "fetchrow",
-            self._sql.request_cancel,
-            saga_id,
-            reason,
-            op="request_cancel",
-            saga_id=saga_id,
-            idempotent=True,
-        )
-        if row is None:
-            return None
-        if row["asked"] and not listening:
-            self._signal.wake()
-        return record_from_row(row)
+        return await requests.request_cancel(self._db, self._sql, self._signal, saga_id, reason)
 
     async def cancel_requests(self, owner: str, lease_id: str) -> dict[str, str]:
         """The live sagas ``owner``/``lease_id`` holds that were asked to cancel: id -> reason.
@@ -455,17 +439,7 @@ class PostgresSagaStore:
         Raises:
             TypeError: ``owner`` or ``lease_id`` is not a str.
         """
-        check_text(owner, "owner")
-        check_text(lease_id, "lease_id")
-        rows = await self._db.query(
-            "fetch",
-            self._sql.cancel_requests,
-            owner,
-            lease_id,
-            op="cancel_requests",
-            idempotent=True,
-        )
-        return {row["saga_id"]: row["reason"] for row in rows}
+        return await requests.cancel_requests(self._db, self._sql, owner, lease_id)
 
     async def wait_for_work(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for a sign of new work; return whether one came.
