@@ -285,3 +285,34 @@ def test_record_of_another_saga_is_rejected() -> None:
     """A record is drawn only against its own definition."""
     with pytest.raises(SagaDefinitionError, match="is a 'travel' saga, not 'orders'"):
         instance_to_mermaid(OrderSaga, SagaRecord("s-1", "travel"))
+
+
+def test_wait_steps_show_their_signal_timeout_and_delay() -> None:
+    """A waiting step's label says what it waits for; a parked instance is ``waiting``."""
+    from datetime import UTC, datetime
+
+    from lexigram.events.sagas import SagaRecord, SagaStatus, SagaStepRecord, SagaStepStatus
+    from lexigram.events.sagas.types import SagaWait
+
+    class Approval(SagaBase):
+        name = "approval"
+
+        @saga_step("submit")
+        async def submit(self, ctx: SagaContext) -> None:
+            return None
+
+        @saga_step("approve", wait_for="manager_ok", wait_timeout=7200, delay=90)
+        async def approve(self, ctx: SagaContext) -> None:
+            return None
+
+    text = to_mermaid(Approval)
+    assert "approve<br/>after 90s, waits for signal manager_ok, timeout 2h" in text
+    record = SagaRecord(saga_id="x", saga_name="approval", status=SagaStatus.RUNNING)
+    record.steps["submit"] = SagaStepRecord("submit", status=SagaStepStatus.COMPLETED)
+    record.steps["approve"] = SagaStepRecord("approve", status=SagaStepStatus.RUNNING)
+    at = datetime(2026, 12, 2, 9, 30, tzinfo=UTC)
+    record.waiting = SagaWait("approve", "signal", "manager_ok", at, at)
+    instance = instance_to_mermaid(Approval, record)
+    assert "waiting for signal manager_ok until 2026-12-02 09:30:00Z" in instance
+    assert "classDef waiting" in instance
+    assert "class s1 waiting" in instance

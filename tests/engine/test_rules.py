@@ -44,7 +44,7 @@ def test_step_result_fail_retryable() -> None:
 
 def test_step_result_failure_without_error_gets_a_message() -> None:
     """A failure with no error text still records why."""
-    ok, _, error, _, _ = interpret_result(SagaStepResult(success=False), "s")
+    ok, _, error, _, _, _ = interpret_result(SagaStepResult(success=False), "s")
     assert ok is False
     assert error
 
@@ -72,7 +72,7 @@ def test_err_with_text_is_a_non_retryable_failure() -> None:
 
 def test_err_with_exception_describes_it() -> None:
     """``Err(exc)`` records the exception's type and message."""
-    _, _, error, retryable, _ = interpret_result(Err(ConnectionError("down")), "s")
+    _, _, error, retryable, _, _ = interpret_result(Err(ConnectionError("down")), "s")
     assert error == "ConnectionError: down"
     assert retryable is False
 
@@ -80,7 +80,7 @@ def test_err_with_exception_describes_it() -> None:
 @pytest.mark.parametrize("value", [42, "done", [1], True, object()])
 def test_wrong_return_type_fails_naming_step_and_type(value: object) -> None:
     """Any other return value fails, not retried, naming the step and the type."""
-    ok, output, error, retryable, _ = interpret_result(value, "charge")
+    ok, output, error, retryable, _, _ = interpret_result(value, "charge")
     assert (ok, output, retryable) == (False, {}, False)
     assert "charge" in error
     assert type(value).__name__ in error
@@ -89,7 +89,7 @@ def test_wrong_return_type_fails_naming_step_and_type(value: object) -> None:
 def test_step_result_with_non_dict_output_fails() -> None:
     """A ``SagaStepResult`` whose output is not a dict fails naming the step."""
     bad = SagaStepResult(success=True, output=[1, 2])  # type: ignore[arg-type]
-    ok, _, error, _, _ = interpret_result(bad, "charge")
+    ok, _, error, _, _, _ = interpret_result(bad, "charge")
     assert ok is False
     assert "charge" in error
     assert "list" in error
@@ -139,3 +139,11 @@ def test_keys_are_stable(saga_id: str, step: str, visit: int, compensation: bool
     key = idempotency_key(saga_id, step, visit, compensation=compensation)
     assert key == idempotency_key(saga_id, step, visit, compensation=compensation)
     assert key.startswith(f"{saga_id}:{step}:")
+
+
+def test_retry_after_is_a_poll_not_a_failure() -> None:
+    """``retry_after(s)``: not ok, no failure kind, the seconds in ``poll``."""
+    outcome = interpret_result(SagaStepResult.retry_after(2.5), "check")
+    assert (outcome.ok, outcome.kind, outcome.poll) == (False, None, 2.5)
+    assert outcome.retryable  # a compensation that asks to poll is retried instead
+    assert "retry_after" in outcome.error

@@ -5,7 +5,9 @@ with :func:`saga_step`; register it on a :class:`SagaManager` and ``await
 manager.start(...)``. For parallel branches, conditional transitions and failure jumps,
 define a flow of :class:`OrchestratedStep` on a :class:`SagaOrchestrator`. Both run on one
 engine. State lives in a :class:`SagaStore`: ``InMemorySagaStore``, ``SQLiteSagaStore``
-or ``PostgresSagaStore``. :func:`to_mermaid` draws any definition.
+or ``PostgresSagaStore``. A step may wait durably for a signal (``wait_for=``,
+``manager.signal``), a delay or its next poll, holding no worker while it waits.
+:func:`to_mermaid` draws any definition.
 """
 
 import logging
@@ -26,6 +28,7 @@ from lexigram.events.sagas.errors import (
     SagaDataError,
     SagaDefinitionError,
     SagaError,
+    SagaFinishedError,
     SagaLeaseError,
     SagaNotFoundError,
     SagaStoreError,
@@ -46,6 +49,7 @@ from lexigram.events.sagas.events import (
     SagaStepCompleted,
     SagaStepFailed,
     SagaStepStarted,
+    SagaWaiting,
 )
 from lexigram.events.sagas.manager import SagaManager, SagaManagerProtocol
 from lexigram.events.sagas.orchestrator import (
@@ -62,9 +66,11 @@ from lexigram.events.sagas.types import (
     FailureKind,
     SagaFailure,
     SagaRecord,
+    SagaSignal,
     SagaStatus,
     SagaStepRecord,
     SagaStepStatus,
+    SagaWait,
     can_transition_saga,
     can_transition_step,
 )
@@ -127,6 +133,7 @@ __all__ = [
     "SagaEvent",
     "SagaFailed",
     "SagaFailure",
+    "SagaFinishedError",
     "SagaLeaseError",
     "SagaManager",
     "SagaManagerProtocol",
@@ -134,6 +141,7 @@ __all__ = [
     "SagaOrchestrator",
     "SagaRecord",
     "SagaResumed",
+    "SagaSignal",
     "SagaStarted",
     "SagaStatus",
     "SagaStepCompensated",
@@ -147,6 +155,8 @@ __all__ = [
     "SagaStoreError",
     "SagaStoreUnavailableError",
     "SagaTimeoutError",
+    "SagaWait",
+    "SagaWaiting",
     "SchemaVersionError",
     "can_transition_saga",
     "can_transition_step",

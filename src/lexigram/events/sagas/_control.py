@@ -99,6 +99,9 @@ class ControlAPI:
     async def resume(self, saga_id: str) -> None:
         """Run a non-terminal saga from its last durable point in this worker.
 
+        A parked saga whose wait has not ended is left parked (it resumes when its signal
+        comes or its time is up, in whichever worker serves it).
+
         Raises:
             SagaNotFoundError: no saga has this id, or its name is not registered here.
             SagaLeaseError: another live worker holds the saga.
@@ -112,7 +115,7 @@ class ControlAPI:
             record = await self._store.load(saga_id)
             if record is None:
                 raise SagaNotFoundError.for_id(saga_id)
-            if record.is_terminal:
+            if record.is_terminal or _still_parked(record, self._clock()):
                 return
             claimed, flow = await self._recovery.take_over(record)
             self._engine.launch(claimed, flow)
@@ -149,3 +152,14 @@ class ControlAPI:
             total += deleted
             if deleted < 1000:
                 return total
+
+
+def _still_parked(record: SagaRecord, now: datetime) -> bool:
+    """Whether ``record`` is parked and not yet due (nor asked to cancel)."""
+    return (
+        record.waiting is not None
+        and record.lease_owner is None
+        and record.cancel_requested_at is None
+        and record.not_before is not None
+        and record.not_before > now
+    )

@@ -24,13 +24,20 @@ from lexigram.events.sagas.codec import (
     loads_json,
     record_is_plain,
     rejected,
+    signal_payload_json,
 )
 from lexigram.events.sagas.config import check_list_limit
-from lexigram.events.sagas.errors import ConcurrencyConflictError, CorruptRecordError
+from lexigram.events.sagas.errors import (
+    ConcurrencyConflictError,
+    CorruptRecordError,
+    SagaFinishedError,
+    SagaNotFoundError,
+)
 from lexigram.events.sagas.types import (
     TERMINAL_SAGA_STATUSES,
     SagaFailure,
     SagaRecord,
+    SagaSignal,
     SagaStatus,
     SagaStepRecord,
 )
@@ -66,6 +73,27 @@ _OWNER, _LEASE_ID, _EXPIRES = _AT["lease_owner"], _AT["lease_id"], _AT["lease_ex
 _FAILURE = _AT["failure"]
 _NOT_BEFORE = _AT["not_before"]
 _CANCEL_AT, _CANCEL_REASON = _AT["cancel_requested_at"], _AT["cancel_reason"]
+_WAITING = _AT["waiting"]
+
+
+def _due(not_before: datetime | None, now: datetime) -> bool:
+    return not_before is None or not_before <= now
+
+
+@dataclass(frozen=True, slots=True)
+class _Signal:
+    """One stored signal; the payload as JSON text (every read builds a fresh copy)."""
+
+    seq: int
+    name: str
+    signal_id: str
+    payload: str
+    sent_at: datetime
+
+    def signal(self) -> SagaSignal:
+        return SagaSignal(
+            self.seq, self.name, self.signal_id, loads_json(self.payload), self.sent_at
+        )
 
 
 @dataclass(slots=True)
@@ -160,6 +188,7 @@ class InMemorySagaStore:
 
     def __init__(self, *, clock: Callable[[], datetime] = _utc_now) -> None:
         self._rows: dict[str, _Row] = {}
+        self._signals: dict[str, builtins.list[_Signal]] = {}
         self._clock = clock
         self._sleepers: builtins.list[asyncio.Future[None]] = []  # wait_for_work() calls
         self.writes = 0
@@ -180,7 +209,12 @@ class InMemorySagaStore:
         if current is not None:  # a cancel request is the store's: a save keeps it
             fields[_CANCEL_AT] = current.fields[_CANCEL_AT]
             fields[_CANCEL_REASON] = current.fields[_CANCEL_REASON]
-        if record.lease_owner is None and self._sleepers and not record.is_terminal:
+        if (
+            record.lease_owner is None
+            and self._sleepers
+            and not record.is_terminal
+            and (record.waiting is None or _due(record.not_before, self._clock()))
+        ):
             self._wake()  # enqueued or redriven: work no one holds
         fields[_VERSION] = record.version = stored_version + 1
         self._rows[record.saga_id] = row
@@ -204,8 +238,12 @@ class InMemorySagaStore:
         saga_name: str | None = None,
         status: SagaStatus | None = None,
         limit: int = 100,
+        waiting: bool | None = None,
     ) -> builtins.list[SagaRecord]:
         """Return up to ``limit`` readable sagas matching the filters, newest first.
+
+        ``waiting=True`` keeps only parked sagas (``record.waiting`` set), ``False`` only
+        the others.
 
         Unreadable rows are logged (``ERROR``, naming the saga) and skipped.
 
@@ -213,16 +251,21 @@ class InMemorySagaStore:
             TypeError: ``limit`` is not an int.
             ValueError: ``limit`` is negative or above ``config.MAX_LIST_LIMIT``.
         """
-        return self._select(saga_name, status, check_list_limit(limit))
+        return self._select(saga_name, status, check_list_limit(limit), waiting)
 
     def _select(
-        self, saga_name: str | None, status: SagaStatus | None, limit: int | None
+        self,
+        saga_name: str | None,
+        status: SagaStatus | None,
+        limit: int | None,
+        waiting: bool | None = None,  # noqa: FBT001 - private, positional like the rest
     ) -> builtins.list[SagaRecord]:
         found = [
             (row.fields[_CREATED] or EPOCH, saga_id)
             for saga_id, row in self._rows.items()
             if (saga_name is None or row.fields[_NAME] == saga_name)
             and (status is None or row.fields[_STATUS] == status)
+            and (waiting is None or (row.fields[_WAITING] is not None) is waiting)
         ]
         found.sort(reverse=True)
         records: builtins.list[SagaRecord] = []
@@ -241,7 +284,8 @@ class InMemorySagaStore:
         return records
 
     async def delete(self, saga_id: str) -> bool:
-        """Delete the saga; return whether it existed."""
+        """Delete the saga (and its signals); return whether it existed."""
+        self._signals.pop(saga_id, None)
         return self._rows.pop(saga_id, None) is not None
 
     async def claim(
@@ -395,7 +439,59 @@ class InMemorySagaStore:
         ][:limit]
         for saga_id in doomed:
             del self._rows[saga_id]
+            self._signals.pop(saga_id, None)
         return len(doomed)
+
+    # ------------------------------------------------------------------ signals
+
+    async def send_signal(
+        self, saga_id: str, name: str, payload: dict[str, Any], signal_id: str
+    ) -> bool:
+        """Store a signal for a live saga; ``False`` when ``signal_id`` was stored before.
+
+        Raises:
+            SagaNotFoundError: no such saga.
+            SagaFinishedError: the saga is terminal (and never had this signal).
+            SagaDataError: the payload is not a JSON object a store can hold.
+        """
+        row = self._rows.get(saga_id)
+        if row is None:
+            raise SagaNotFoundError.for_id(saga_id)
+        signals = self._signals.get(saga_id, [])
+        if any(item.signal_id == signal_id for item in signals):
+            return False
+        fields = row.fields
+        if fields[_STATUS] in TERMINAL_SAGA_STATUSES:
+            raise SagaFinishedError.for_signal(saga_id, fields[_STATUS], name)
+        text = signal_payload_json(payload)
+        now = self._clock()
+        seq = signals[-1].seq + 1 if signals else 1
+        self._signals.setdefault(saga_id, signals).append(_Signal(seq, name, signal_id, text, now))
+        wait = fields[_WAITING]
+        if fields[_OWNER] is None and wait is not None and wait.signal == name:
+            fields[_NOT_BEFORE] = now  # parked for it: due now
+            self._wake()
+        self.writes += 1
+        return True
+
+    async def next_signal(self, saga_id: str, name: str, after: int) -> SagaSignal | None:
+        """The oldest signal ``name`` of the saga with ``seq`` above ``after``, if any."""
+        for item in self._signals.get(saga_id, ()):
+            if item.seq > after and item.name == name:
+                return item.signal()
+        return None
+
+    async def wake(self, saga_id: str) -> bool:
+        """Make a free, live saga due now; return whether it was free and live."""
+        row = self._rows.get(saga_id)
+        if row is None:
+            return False
+        fields = row.fields
+        if fields[_OWNER] is not None or fields[_STATUS] in TERMINAL_SAGA_STATUSES:
+            return False
+        fields[_NOT_BEFORE] = self._clock()
+        self._wake()
+        return True
 
     async def close(self) -> None:
         """Nothing to release; kept for the protocol."""

@@ -28,6 +28,7 @@ from lexigram.events.sagas._engine.recovery import Recovery, RecoveryProblem
 from lexigram.events.sagas._logging import log_fields
 from lexigram.events.sagas._registry import Registry
 from lexigram.events.sagas._service import ServiceAPI, check_new
+from lexigram.events.sagas._signals import SignalAPI
 from lexigram.events.sagas._subscriptions import Subscriptions, starter
 from lexigram.events.sagas.codec import MAX_SAGA_ID_LENGTH
 from lexigram.events.sagas.config import SagaConfig, check_list_limit
@@ -53,7 +54,7 @@ def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class SagaRuntime(ServiceAPI, ControlAPI):
+class SagaRuntime(ServiceAPI, ControlAPI, SignalAPI):
     """Runs registered sagas in this process, as one worker sharing a store with others.
 
     A runtime is a client (``enqueue``, ``cancel``, ``retry``, ``get``, ``wait``), a
@@ -334,8 +335,12 @@ class SagaRuntime(ServiceAPI, ControlAPI):
         saga_name: str | None = None,
         status: SagaStatus | None = None,
         limit: int = 100,
+        waiting: bool | None = None,
     ) -> builtins.list[SagaRecord]:
         """Return up to ``limit`` sagas, newest first, optionally filtered.
+
+        ``waiting=True`` lists parked sagas only (``record.waiting`` says what each waits
+        for and until when); ``waiting=False`` the others.
 
         Raises:
             TypeError: ``limit`` is not an int.
@@ -344,7 +349,13 @@ class SagaRuntime(ServiceAPI, ControlAPI):
         check_list_limit(limit)
         if status is not None:
             status = SagaStatus(status)
-        return await self._store.list(saga_name=saga_name, status=status, limit=limit)
+        if waiting is None:  # a custom store written before waits needs no new argument
+            return await self._store.list(saga_name=saga_name, status=status, limit=limit)
+        if not isinstance(waiting, bool):
+            raise TypeError(f"waiting must be a bool or None, got {type(waiting).__name__}")
+        return await self._store.list(
+            saga_name=saga_name, status=status, limit=limit, waiting=waiting
+        )
 
     # ------------------------------------------------------------------ choreography
 

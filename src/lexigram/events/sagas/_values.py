@@ -23,6 +23,7 @@ __all__ = [
     "normalise_json",
     "record_is_plain",
     "rejected",
+    "signal_payload_json",
     "storable_json",
 ]
 
@@ -119,6 +120,15 @@ def check_data(data: object, *, what: str = "data") -> dict[str, Any]:
             f"saga {what} is not JSON-serialisable at key(s) {names or '(unknown)'}", keys=bad
         )
     return copied
+
+
+def signal_payload_json(payload: object) -> str:
+    """Return a signal's payload as the JSON text a store keeps (a JSON object).
+
+    Raises:
+        SagaDataError: the payload is not a JSON object a store can hold (naming its keys).
+    """
+    return storable_json(check_data(payload, what="signal payload"))
 
 
 def storable_json(value: object, *, tuples: bool = False) -> str:

@@ -17,7 +17,9 @@ from lexigram.events.sagas._engine.flow import (
     Flow,
     FlowStep,
     StepCallable,
+    WaitPolicy,
     resolve_policy,
+    resolve_wait,
     validate_flow,
 )
 from lexigram.events.sagas.config import SagaConfig, check_count, check_seconds
@@ -40,6 +42,7 @@ class StepSpec:
     retry_delay: float | None
     timeout: float | None
     compensate_failed: bool = False
+    wait: WaitPolicy | None = None
 
 
 def saga_step(
@@ -50,6 +53,9 @@ def saga_step(
     retry_delay: float | None = None,
     timeout: float | None = None,
     compensate_failed: bool = False,
+    wait_for: str | None = None,
+    wait_timeout: float | None = None,
+    delay: float | None = None,
 ) -> Callable[[F], F]:
     """Mark an async method ``(self, ctx)`` as a saga step or as a step's compensation.
 
@@ -64,6 +70,14 @@ def saga_step(
             lost reply, a timeout, a cancel or a crash loop may have left its side effect
             behind); the compensation sees ``ctx.action_completed`` is ``False``. Needs a
             compensation; set on the action, not on the compensation.
+        wait_for: Park the saga until a signal of this name arrives
+            (``manager.signal``); the step then runs with its payload in ``ctx.signal``.
+            A parked saga holds no worker memory; a serving worker takes it up again.
+        wait_timeout: Seconds the step may wait for its signal (or keep polling with
+            ``SagaStepResult.retry_after``); when they pass first, the step fails with
+            ``failure.kind == "timeout"``.
+        delay: Seconds to wait, after the previous step completed, before the step runs
+            (parked, like a signal wait).
 
     Raises:
         SagaDefinitionError: The name is empty or a setting is negative or not a number.
@@ -89,7 +103,16 @@ def saga_step(
             f"{where}: compensate_failed belongs on the step's action, not its compensation",
             step_name=name,
         )
-    spec = StepSpec(name, compensation, max_retries, retry_delay, timeout, compensate_failed)
+    wait = resolve_wait(
+        "saga_step", name, wait_for=wait_for, wait_timeout=wait_timeout, delay=delay
+    )
+    if wait is not None and compensation:
+        raise SagaDefinitionError(
+            f"{where}: wait_for, wait_timeout and delay belong on the step's action, not its "
+            "compensation",
+            step_name=name,
+        )
+    spec = StepSpec(name, compensation, max_retries, retry_delay, timeout, compensate_failed, wait)
 
     def mark(func: F) -> F:
         setattr(func, _MARKER, spec)
@@ -207,6 +230,7 @@ def _flow_step(
         ),
         next=following,
         compensate_failed=spec.compensate_failed,
+        wait=spec.wait,
     )
 
 

@@ -35,16 +35,19 @@ from lexigram.events.sagas._values import (
     normalise_json,
     record_is_plain,
     rejected,
+    signal_payload_json,
     storable_json,
 )
 from lexigram.events.sagas.errors import CorruptRecordError
 from lexigram.events.sagas.types import (
     FAILURE_KINDS,
+    WAIT_KINDS,
     SagaFailure,
     SagaRecord,
     SagaStatus,
     SagaStepRecord,
     SagaStepStatus,
+    SagaWait,
 )
 
 __all__ = [
@@ -66,6 +69,7 @@ __all__ = [
     "parse_time",
     "record_is_plain",
     "rejected",
+    "signal_payload_json",
     "storable_json",
 ]
 
@@ -117,6 +121,8 @@ def _step_to_json(step: SagaStepRecord) -> dict[str, Any]:
         "completion_seq": step.completion_seq,
         "visits": step.visits,
         "parent": step.parent,
+        "signal_seq": step.signal_seq,
+        "signal_visit": step.signal_visit,
     }
 
 
@@ -148,7 +154,41 @@ def dump_record(record: SagaRecord) -> dict[str, Any]:
         "cancel_requested_at": format_time(record.cancel_requested_at),
         "cancel_reason": record.cancel_reason,
         "redrives": record.redrives,
+        "waiting": _wait_to_json(record.waiting),
     }
+
+
+def _wait_to_json(wait: SagaWait | None) -> dict[str, Any] | None:
+    if wait is None:
+        return None
+    return {
+        "step": wait.step,
+        "kind": wait.kind,
+        "signal": wait.signal,
+        "until": format_time(wait.until),
+        "since": format_time(wait.since),
+    }
+
+
+def _wait_from_json(raw: object, saga_id: str) -> SagaWait | None:
+    if raw is None:  # also a document written before the field existed
+        return None
+    if (
+        not isinstance(raw, dict)
+        or not isinstance(raw.get("step"), str)
+        or raw.get("kind") not in WAIT_KINDS
+        or not isinstance(raw.get("signal"), str | None)
+    ):
+        raise CorruptRecordError(
+            "saga record field 'waiting' is malformed", saga_id=saga_id, field="waiting"
+        )
+    since = parse_time(raw.get("since"), "waiting.since", saga_id)
+    if since is None:
+        raise CorruptRecordError(
+            "saga record field 'waiting' is malformed", saga_id=saga_id, field="waiting"
+        )
+    until = parse_time(raw.get("until"), "waiting.until", saga_id)
+    return SagaWait(raw["step"], raw["kind"], raw["signal"], until, since)
 
 
 def _failure_to_json(failure: SagaFailure | None) -> dict[str, Any] | None:
@@ -267,6 +307,8 @@ def _step_from_json(raw: object, saga_id: str | None) -> SagaStepRecord:
         completion_seq=_field(raw, "completion_seq", _OPT_INT, saga_id),
         visits=_field(raw, "visits", int, saga_id),
         parent=_field(raw, "parent", _OPT_STR, saga_id),
+        signal_seq=_field(raw, "signal_seq", _OPT_INT, saga_id, default=None),
+        signal_visit=_field(raw, "signal_visit", int, saga_id, default=0),
     )
 
 
@@ -324,6 +366,7 @@ def load_record(doc: object, *, saga_id: str | None = None) -> SagaRecord:
         ),
         cancel_reason=_field(doc, "cancel_reason", _OPT_STR, own_id, default=None),
         redrives=_field(doc, "redrives", int, own_id, default=0),
+        waiting=_wait_from_json(doc.get("waiting"), own_id),
     )
 
 

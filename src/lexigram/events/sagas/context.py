@@ -42,6 +42,8 @@ class SagaContext:
         action_completed: In a compensation, whether the step's action completed
             (``False`` only for a ``compensate_failed`` step whose action failed, timed
             out, was cancelled or kept crashing: its side effect may or may not exist).
+        signal: In a ``wait_for`` step, the payload of the signal it waited for (a JSON
+            object); ``None`` in every other step.
     """
 
     saga_id: str
@@ -53,6 +55,7 @@ class SagaContext:
     attempt: int = 0
     compensating: bool = False
     action_completed: bool = True
+    signal: dict[str, Any] | None = None
     # The key is made only when a step reads it (most never do): (step, visit, role).
     _key_of: tuple[str, int, bool] | None = field(default=None, init=False, repr=False)
     _key: str | None = field(default=None, init=False, repr=False)
@@ -114,6 +117,8 @@ class SagaStepResult:
         error: Why the step failed: text (an exception given to ``fail()`` is stored as
             ``"Type: message"``).
         retryable: Whether a failed result should be retried like a transient error.
+        retry_after_seconds: Set by :meth:`retry_after`: the step is not done yet and
+            runs again after that many seconds (the saga parks meanwhile).
 
     Raises:
         TypeError: ``error`` is neither text, an exception nor ``None`` (a number or a dict
@@ -124,6 +129,7 @@ class SagaStepResult:
     output: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     retryable: bool = False
+    retry_after_seconds: float | None = None
 
     def __post_init__(self) -> None:
         error: object = self.error
@@ -152,6 +158,29 @@ class SagaStepResult:
             TypeError: ``error`` is not text or an exception.
         """
         return cls(success=False, error=error, retryable=retryable)  # type: ignore[arg-type]
+
+    @classmethod
+    def retry_after(cls, seconds: float) -> Self:
+        """Return "not yet": run the step again after ``seconds`` (a polling step).
+
+        The saga parks meanwhile (no worker holds it); the poll spends no retry. The
+        polling is bounded by the step's ``wait_timeout`` (then it fails with
+        ``failure.kind == "timeout"``) and by the saga's deadline.
+
+        Raises:
+            TypeError: ``seconds`` is not a number.
+            ValueError: ``seconds`` is negative, not finite, or more than ten years.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise TypeError(f"retry_after seconds must be a number, got {type(seconds).__name__}")
+        if not 0 <= seconds <= _TEN_YEARS:  # also refuses NaN
+            raise ValueError(
+                f"retry_after seconds must be between 0 and {_TEN_YEARS:g}, got {seconds!r}"
+            )
+        return cls(success=False, error="waiting to run again", retry_after_seconds=float(seconds))
+
+
+_TEN_YEARS = 10 * 365 * 86400.0
 
 
 def idempotency_key(saga_id: str, step_name: str, visit: int, *, compensation: bool) -> str:

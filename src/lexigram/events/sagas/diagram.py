@@ -3,7 +3,8 @@
 :func:`to_mermaid` draws a definition — a ``SagaBase`` subclass or a compiled flow (what
 ``SagaOrchestrator.define`` returns, or ``runtime.flow(name)`` for either front-end) — as a
 Mermaid ``flowchart``: steps, their compensations, parallel groups as subgraphs,
-conditional transitions as decision nodes, and failure jumps as dotted edges.
+conditional transitions as decision nodes, failure jumps as dotted edges, and what a step
+waits for (a signal and its timeout, a delay) under its name.
 :func:`instance_to_mermaid` draws the same graph for one saga instance, colouring each step
 by its recorded status. Paste the text into any Mermaid renderer (GitHub and most
 documentation tools render fenced ``mermaid`` blocks).
@@ -39,6 +40,7 @@ _STATUS_STYLES: Mapping[str, str] = {
     "compensating": "fill:#ffe6c7,stroke:#e07b00",
     "compensated": "fill:#dfe8f8,stroke:#3760a8",
     "failed": "fill:#fbdcdc,stroke:#c62828",
+    "waiting": "fill:#e3f4fb,stroke:#0277bd,stroke-dasharray:4",
 }
 
 
@@ -108,6 +110,29 @@ def _text(value: str) -> str:
     return f'"{_escape(value)}"'
 
 
+def _duration(seconds: float) -> str:
+    """``90`` -> ``"90s"``, ``7200`` -> ``"2h"``: a short readable duration."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _wait_label(node: FlowStep) -> str:
+    """What a step waits for, as an escaped label line (empty when it does not wait)."""
+    wait = node.wait
+    if wait is None:
+        return ""
+    parts = []
+    if wait.delay is not None:
+        parts.append(f"after {_duration(wait.delay)}")
+    if wait.signal is not None:
+        parts.append(f"waits for signal {wait.signal}")
+    if wait.timeout is not None:
+        parts.append(f"timeout {_duration(wait.timeout)}")
+    return "<br/>" + _escape(", ".join(parts)) if parts else ""
+
+
 def _callable_name(func: Callable[..., object]) -> str:
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
     if not isinstance(name, str):
@@ -158,8 +183,10 @@ class _Renderer:
                 self._node(child, indent + "    ")
             self.lines.append(f"{indent}end")
         else:
+            wait = _wait_label(node)
+            label = f'"{_escape(node.name)}{wait}{self._status_label(node, step)}"'
             self.lines.append(f"{indent}{node_id}[{label}]")
-        self._mark(node_id, self._status(step))
+        self._mark(node_id, self._status(step, node))
         if node.compensation is not None:
             undo_id = f"{node_id}_undo"
             undo = f"undo: {_callable_name(node.compensation)}"
@@ -170,10 +197,21 @@ class _Renderer:
     def _step(self, name: str) -> SagaStepRecord | None:
         return None if self.record is None else self.record.steps.get(name)
 
-    def _status(self, step: SagaStepRecord | None) -> str | None:
+    def _status(self, step: SagaStepRecord | None, node: FlowStep | None = None) -> str | None:
         if self.record is None:
             return None
+        if node is not None and self._parked_at(node):
+            return "waiting"
         return "pending" if step is None else step.status.value
+
+    def _parked_at(self, node: FlowStep) -> bool:
+        record = self.record
+        return (
+            record is not None
+            and record.waiting is not None
+            and record.waiting.step == node.name
+            and not record.is_terminal
+        )
 
     def _compensation_status(self, step: SagaStepRecord | None) -> str | None:
         if self.record is None:
@@ -198,6 +236,11 @@ class _Renderer:
             upcoming = record.current_step == node.name and not record.is_terminal
             return "<br/>pending (next)" if upcoming else "<br/>pending"
         parts = [step.status.value]
+        wait = record.waiting
+        if wait is not None and self._parked_at(node):
+            until = "" if wait.until is None else f" until {wait.until:%Y-%m-%d %H:%M:%S}Z"
+            what = f"signal {wait.signal}" if wait.kind == "signal" else wait.kind
+            parts = [f"waiting for {what}{until}"]
         if not node.is_group and step.attempts:
             parts.append(f"{step.attempts} attempt{'s' if step.attempts != 1 else ''}")
         if step.visits > 1:

@@ -37,6 +37,7 @@ __all__ = [
     "SagaDataError",
     "SagaDefinitionError",
     "SagaError",
+    "SagaFinishedError",
     "SagaLeaseError",
     "SagaNotFoundError",
     "SagaStoreError",
@@ -156,6 +157,30 @@ class SagaDataError(SagaError, TypeError):
             keys = [item.key for item in rejections if item.kind == "data"]
         self.keys = tuple(keys)
         self.rejections = tuple(rejections)
+
+
+class SagaFinishedError(SagaError):
+    """The saga already reached a terminal status, so it refuses the request (a signal).
+
+    Attributes:
+        status: The saga's terminal status (``"completed"``, ``"compensated"``,
+            ``"failed"``).
+    """
+
+    def __init__(self, message: str, *, saga_id: str | None = None, status: str = "") -> None:
+        super().__init__(message, saga_id=saga_id)
+        self.status = status
+
+    @classmethod
+    def for_signal(cls, saga_id: str, status: object, name: str) -> SagaFinishedError:
+        """Build the error for a signal sent to a finished saga."""
+        text = getattr(status, "value", str(status))
+        return cls(
+            f"saga '{saga_id}' is {text}: it takes no more signals (signal '{name}' was not "
+            "stored)",
+            saga_id=saga_id,
+            status=text,
+        )
 
 
 class SagaTimeoutError(SagaError, TimeoutError):

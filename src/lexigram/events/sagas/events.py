@@ -6,6 +6,8 @@ step. A failing bus never breaks a saga: publishing errors are logged and ignore
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from lexigram.events._domain import DomainEvent
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "SagaStepCompleted",
     "SagaStepFailed",
     "SagaStepStarted",
+    "SagaWaiting",
 ]
 
 
@@ -63,6 +66,23 @@ class SagaCancelRequested(SagaEvent):
     """Some process asked to cancel the saga (``cancel()``); ``reason`` says why."""
 
     reason: str = ""
+
+
+class SagaWaiting(SagaEvent):
+    """The saga parked at ``step_name``: it holds no worker until the wait ends.
+
+    Published once the parked state is stored.
+
+    Attributes:
+        kind: ``"signal"``, ``"delay"`` or ``"poll"`` (see ``SagaWait``).
+        signal: The signal it waits for (``kind == "signal"``).
+        until: When the wait ends (the signal's timeout; when a delayed or polling step
+            runs), ``None`` for a signal without a timeout.
+    """
+
+    kind: str = "signal"
+    signal: str | None = None
+    until: datetime | None = None
 
 
 class SagaStepStarted(SagaEvent):

@@ -43,6 +43,7 @@ from lexigram.events.sagas._engine.flow import (
     StepCallable,
     Transition,
     resolve_policy,
+    resolve_wait,
     validate_flow,
 )
 from lexigram.events.sagas._runtime import SagaRuntime
@@ -186,6 +187,13 @@ class OrchestratedStep:
         compensate_failed: Run the compensation also when the action fails (its side
             effect may exist after a lost reply, a timeout, a cancel or a crash loop); the
             compensation sees ``ctx.action_completed`` is ``False``. Needs a compensation.
+        wait_for: Park the saga until a signal of this name arrives (``signal()``); the
+            step then runs with the payload in ``ctx.signal``, and its ``next_step`` may
+            branch on it.
+        wait_timeout: Seconds the step may wait for its signal (or keep polling with
+            ``SagaStepResult.retry_after``); then it fails with ``failure.kind ==
+            "timeout"`` and ``on_failure`` applies.
+        delay: Seconds to wait, after the previous step completed, before the step runs.
     """
 
     name: str
@@ -202,6 +210,9 @@ class OrchestratedStep:
     compensation_retry_delay: float | None = None
     compensation_timeout: float | None = None
     compensate_failed: bool = False
+    wait_for: str | None = None
+    wait_timeout: float | None = None
+    delay: float | None = None
 
     def __post_init__(self) -> None:
         # Upstream passes a list; keep a tuple so the step stays immutable and hashable.
@@ -449,6 +460,13 @@ def _compile_step(
         ),
         parent=parent,
         compensate_failed=step.compensate_failed,
+        wait=resolve_wait(
+            f"flow '{saga}'",
+            step.name,
+            wait_for=step.wait_for,
+            wait_timeout=step.wait_timeout,
+            delay=step.delay,
+        ),
     )
     nodes[step.name] = node
     return node

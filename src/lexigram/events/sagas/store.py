@@ -14,11 +14,11 @@ from __future__ import annotations
 import builtins
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from lexigram.events.sagas._leases import is_claimable
 from lexigram.events.sagas._memory import InMemorySagaStore
-from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepRecord
+from lexigram.events.sagas.types import SagaRecord, SagaSignal, SagaStatus, SagaStepRecord
 
 __all__ = [
     "InMemorySagaStore",
@@ -52,6 +52,10 @@ class SagaStore(Protocol):
       passed), its lease expired (by the store's clock where it has one), or it is owned
       by the same worker name under another ``lease_id`` (an earlier incarnation of a
       restarted worker).
+    - **Signals** (``send_signal``, ``next_signal``, ``wake``): kept apart from the record
+      (a signal may arrive while a worker holds the saga), deleted with it; ``save`` and
+      ``claim`` keep ``not_before`` as written, except that ``send_signal`` and ``wake``
+      may make a free saga due.
     - **Cancel requests**: ``cancel_requested_at``/``cancel_reason`` are written only by
       ``request_cancel``; ``save`` of an existing saga keeps the stored values (an insert
       stores the record's own), and every read returns them.
@@ -77,8 +81,13 @@ class SagaStore(Protocol):
         saga_name: str | None = None,
         status: SagaStatus | None = None,
         limit: int = 100,
+        waiting: bool | None = None,
     ) -> builtins.list[SagaRecord]:
-        """Return up to ``limit`` sagas matching the filters, newest first."""
+        """Return up to ``limit`` sagas matching the filters, newest first.
+
+        ``waiting=True`` keeps only sagas whose stored ``waiting`` is set (parked),
+        ``waiting=False`` only the others.
+        """
         ...
 
     async def delete(self, saga_id: str) -> bool:
@@ -139,6 +148,37 @@ class SagaStore(Protocol):
         Signs: a saga stored without a lease (``enqueue``), a lease released, a cancel
         request. Stores that cannot be told (SQLite across processes) may return early or
         late; callers claim after every return, so a missed sign only costs latency.
+        """
+        ...
+
+    async def send_signal(
+        self, saga_id: str, name: str, payload: dict[str, Any], signal_id: str
+    ) -> bool:
+        """Store a signal for the saga; return ``False`` if ``signal_id`` was stored before.
+
+        The signal gets the next ``seq`` of the saga's signals (``seq`` order is the order
+        in which the sends committed) and the store's time as ``sent_at``. When the saga
+        is free and its stored ``waiting`` is this signal, the saga becomes due at once
+        (``not_before`` = now, waking :meth:`wait_for_work` waiters in every process).
+        Changes neither ``version`` nor the lease. A duplicate ``signal_id`` is reported
+        before the saga's status is looked at (a sender's retry after the saga finished is
+        not an error).
+
+        Raises:
+            SagaNotFoundError: no such saga.
+            SagaFinishedError: the saga is terminal.
+            SagaDataError: the payload is not a JSON object a store can hold.
+        """
+        ...
+
+    async def next_signal(self, saga_id: str, name: str, after: int) -> SagaSignal | None:
+        """Return the saga's first signal ``name`` whose ``seq`` is above ``after``."""
+        ...
+
+    async def wake(self, saga_id: str) -> bool:
+        """Make a free, live saga due now (``not_before`` = now); return whether it was.
+
+        Changes neither ``version`` nor the lease; wakes :meth:`wait_for_work` waiters.
         """
         ...
 

@@ -25,12 +25,16 @@ from lexigram.events.sagas.errors import CompensationFailedError, SagaError, Sag
 __all__ = [
     "FAILURE_KINDS",
     "TERMINAL_SAGA_STATUSES",
+    "WAIT_KINDS",
     "FailureKind",
     "SagaFailure",
     "SagaRecord",
+    "SagaSignal",
     "SagaStatus",
     "SagaStepRecord",
     "SagaStepStatus",
+    "SagaWait",
+    "WaitKind",
     "can_transition_saga",
     "can_transition_step",
 ]
@@ -256,6 +260,57 @@ class SagaFailure:
     cause: SagaFailure | None = None
 
 
+WaitKind = Literal["signal", "delay", "poll"]
+"""What a parked saga waits for; see :class:`SagaWait`."""
+
+WAIT_KINDS: frozenset[str] = frozenset(get_args(WaitKind))
+"""Every :data:`WaitKind`."""
+
+
+@dataclass(frozen=True, slots=True)
+class SagaWait:
+    """What a parked saga waits for, and until when (``record.waiting``).
+
+    A parked saga holds no lease and no worker memory: a serving worker claims it when
+    ``until`` comes (its ``not_before``) or, for a signal, as soon as the signal arrives.
+
+    Attributes:
+        step: The step that waits.
+        kind: ``"signal"`` (``wait_for=``: a signal named ``signal``), ``"delay"``
+            (``delay=``: the step runs at ``until``) or ``"poll"`` (the step returned
+            ``SagaStepResult.retry_after``: it runs again at ``until``).
+        signal: The signal's name, for ``kind="signal"``.
+        until: When the wait ends: the signal's ``wait_timeout`` (``None``: no timeout),
+            or when a delayed or polling step runs again.
+        since: When this wait began.
+    """
+
+    step: str
+    kind: WaitKind
+    signal: str | None
+    until: datetime | None
+    since: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SagaSignal:
+    """A signal stored for a saga (``manager.signal``), as a store hands it out.
+
+    Attributes:
+        seq: Its position among the saga's signals (1, 2, ...): the order they arrived.
+        name: The signal's name (what a step's ``wait_for`` names).
+        signal_id: Its id; a second signal with the same id to the same saga is dropped.
+        payload: The JSON object sent with it (``ctx.signal`` of the step that takes it).
+        sent_at: When the store accepted it.
+    """
+
+    seq: int
+    name: str
+    signal_id: str
+    payload: dict[str, Any]
+    sent_at: datetime
+
+
 @dataclass(slots=True)
 class SagaStepRecord:
     """The stored state of one step of one saga.
@@ -277,6 +332,9 @@ class SagaStepRecord:
         visits: How many times an orchestrated flow entered this step (1 for sequential
             sagas once the step started).
         parent: The parallel group this step belongs to, if any.
+        signal_seq: The ``seq`` of the last signal a visit of this step took (``wait_for``
+            steps); a signal with a higher ``seq`` is the next one it can take.
+        signal_visit: The visit that took it (a retry of that visit gets the same signal).
     """
 
     step_name: str
@@ -293,6 +351,8 @@ class SagaStepRecord:
     completion_seq: int | None = None
     visits: int = 0
     parent: str | None = None
+    signal_seq: int | None = None
+    signal_visit: int = 0
 
 
 @dataclass(slots=True)
@@ -326,6 +386,8 @@ class SagaRecord:
             only ``request_cancel`` writes it; ``save`` keeps the stored value).
         cancel_reason: The reason given with that request.
         redrives: How many times an operator's ``retry()`` redrove the saga out of ``FAILED``.
+        waiting: What the saga waits for while it is parked (``None`` otherwise); its
+            ``not_before`` is then when a worker next looks at it.
     """
 
     saga_id: str
@@ -352,6 +414,7 @@ class SagaRecord:
     cancel_requested_at: datetime | None = None
     cancel_reason: str | None = None
     redrives: int = 0
+    waiting: SagaWait | None = None
 
     @property
     def is_terminal(self) -> bool:

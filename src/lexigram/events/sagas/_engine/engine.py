@@ -59,6 +59,7 @@ from lexigram.events.sagas._engine.steps import (
     fail_step,
     next_step,
 )
+from lexigram.events.sagas._engine.waits import Parked, Waits
 from lexigram.events.sagas._engine.writer import RecordWriter, describe_rejections
 from lexigram.events.sagas._leases import LeasePolicy
 from lexigram.events.sagas.config import SagaConfig
@@ -83,7 +84,7 @@ _COMPLETED = SagaStepStatus.COMPLETED
 _FAILED = SagaStepStatus.FAILED
 
 
-class Engine(Compensation):
+class Engine(Compensation, Waits):
     """Runs flows against a store. Owned by one manager or orchestrator (one worker)."""
 
     def __init__(
@@ -193,6 +194,8 @@ class Engine(Compensation):
                 failure = self._stop_failure(run)
                 fail_in_flight(run, failure.message, self.clock())
             await self._begin_compensation(run, failure)
+        except Parked:
+            pass  # the saga waits, stored and free: nothing more to do here
         except Interrupted as stop:
             logger.info(
                 "saga %s stopped (%s); it stays resumable",
@@ -337,6 +340,12 @@ class Engine(Compensation):
         action = node.action
         assert action is not None  # validated at definition time
         non_retryable = run.config.non_retryable_exceptions
+        if node.wait is not None:
+            waited = await self._gate(run, node, step)  # raises Parked while it waits
+            if waited is not None:
+                return waited
+        elif ctx.signal is not None:
+            ctx.signal = None
         while True:
             attempt = step.attempts + 1
             ctx.attempt = attempt
@@ -345,6 +354,8 @@ class Engine(Compensation):
             outcome = await attempt_once(
                 run, action, ctx, policy, task, non_retryable, forward=True
             )
+            if outcome.poll is not None and ctx is run.ctx:  # retry_after: not an attempt
+                return await self._poll(run, node, step, outcome.poll)
             step.attempts = attempt
             if ctx is not run.ctx:  # a parallel child: what it stored is checked as its own
                 outcome = check_child(run, ctx, outcome)

@@ -18,14 +18,18 @@ from lexigram.events.sagas.errors import SagaDefinitionError
 from lexigram.events.sagas.types import SagaRecord, SagaStatus, SagaStepStatus
 
 __all__ = [
+    "MAX_SIGNAL_NAME",
     "Flow",
     "FlowStep",
     "RetryPolicy",
     "StepCallable",
     "Transition",
+    "WaitPolicy",
     "align_cursor",
     "check_resumable",
+    "is_signal_name",
     "resolve_policy",
+    "resolve_wait",
     "validate_flow",
 ]
 
@@ -46,6 +50,68 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class WaitPolicy:
+    """How a step waits before it runs (``wait_for=``, ``wait_timeout=``, ``delay=``).
+
+    Attributes:
+        signal: The signal the step waits for (``None``: it waits for none).
+        timeout: Seconds the wait may last: for a signal, from when the step was entered
+            (after its delay); for a polling step (``retry_after``), from its first poll.
+            ``None``: as long as the saga's deadline allows.
+        delay: Seconds the step waits, after the previous step completed, before it runs.
+    """
+
+    signal: str | None = None
+    timeout: float | None = None
+    delay: float | None = None
+
+
+def resolve_wait(
+    owner: str,
+    step_name: str,
+    *,
+    wait_for: str | None,
+    wait_timeout: float | None,
+    delay: float | None,
+) -> WaitPolicy | None:
+    """Validate a step's wait settings; ``None`` when it does not wait.
+
+    Raises:
+        SagaDefinitionError: naming the setting and the step.
+    """
+    where = f"{owner}: step '{step_name}'"
+    if wait_for is not None and not is_signal_name(wait_for):
+        raise SagaDefinitionError(
+            f"{where}: wait_for must be a signal name (printable text of 1 to "
+            f"{MAX_SIGNAL_NAME} characters), got {wait_for!r}",
+            step_name=step_name,
+        )
+    try:
+        if wait_timeout is not None:
+            check_seconds("wait_timeout", wait_timeout, allow_zero=False, owner=where)
+        if delay is not None:
+            check_seconds("delay", delay, allow_zero=True, owner=where)
+    except (TypeError, ValueError) as exc:
+        raise SagaDefinitionError(str(exc), saga_name=owner, step_name=step_name) from None
+    if wait_for is None and wait_timeout is None and not delay:
+        return None
+    return WaitPolicy(
+        wait_for,
+        None if wait_timeout is None else float(wait_timeout),
+        float(delay) if delay else None,
+    )
+
+
+MAX_SIGNAL_NAME = 200
+"""The longest signal name (names are stored with every signal and in indexes)."""
+
+
+def is_signal_name(name: object) -> bool:
+    """Whether ``name`` can name a signal: printable text of 1 to 200 characters."""
+    return isinstance(name, str) and 0 < len(name) <= MAX_SIGNAL_NAME and name.isprintable()
+
+
+@dataclass(frozen=True, slots=True)
 class FlowStep:
     """One node of a flow: an action with its compensation, or a parallel group."""
 
@@ -59,6 +125,7 @@ class FlowStep:
     children: tuple[FlowStep, ...] = ()
     parent: str | None = None
     compensate_failed: bool = False
+    wait: WaitPolicy | None = None
 
     @property
     def is_group(self) -> bool:
@@ -168,6 +235,11 @@ def _validate_step(saga: str, step: FlowStep, top_level: set[str]) -> None:
             raise fail(f"{label} must be a step name, None or a function of the context")
     if step.on_failure is not None and not isinstance(step.on_failure, str):
         raise fail("on_failure must be a step name")
+    if step.wait is not None and (step.parent is not None or step.is_group):
+        raise fail(
+            "a parallel group and its children cannot wait (wait_for, wait_timeout, delay): "
+            "give the wait to a step before or after the group"
+        )
 
 
 def check_resumable(flow: Flow, record: SagaRecord) -> str | None:

@@ -97,7 +97,12 @@ class Heartbeat:
                     continue
                 for saga_id in ids:
                     run = self._runs.get(saga_id)
-                    if saga_id not in held and run is not None and not run.record.is_terminal:
+                    if (
+                        saga_id not in held
+                        and run is not None
+                        and not run.record.is_terminal
+                        and run.record.waiting is None  # parked: it handed the lease back
+                    ):
                         logger.warning(
                             "saga %s: lease lost to another worker", saga_id, extra=run.log_extra()
                         )

@@ -19,7 +19,7 @@ from lexigram.events.sagas.types import FailureKind
 __all__ = ["AttemptOutcome", "describe_error", "idempotency_key", "interpret_result"]
 
 
-# Built positionally on the hot path: (ok, output, error, retryable, kind).
+# Built positionally on the hot path: (ok, output, error, retryable, kind, poll).
 # ruff: noqa: FBT003
 class AttemptOutcome(NamedTuple):
     """What one attempt of a step or compensation came to.
@@ -33,6 +33,8 @@ class AttemptOutcome(NamedTuple):
         error: Why it failed (``""`` on success).
         retryable: Whether a failure may be retried (transient).
         kind: What kind of failure it was (``None`` on success).
+        poll: For ``SagaStepResult.retry_after(seconds)``: the seconds after which the
+            step runs again (``ok`` is ``False``, ``kind`` ``None``: it did not fail).
     """
 
     ok: bool
@@ -40,6 +42,7 @@ class AttemptOutcome(NamedTuple):
     error: str
     retryable: bool
     kind: FailureKind | None
+    poll: float | None = None
 
     @staticmethod
     def success(output: dict[str, Any]) -> AttemptOutcome:
@@ -59,18 +62,22 @@ def interpret_result(raw: object, step_name: str) -> AttemptOutcome:
     """Turn whatever a step returned into an :class:`AttemptOutcome`."""
     # tuple.__new__ builds the NamedTuple without its Python-level __new__ (hot path).
     if raw is None:
-        return _new(AttemptOutcome, (True, {}, "", False, None))
+        return _new(AttemptOutcome, (True, {}, "", False, None, None))
     if isinstance(raw, SagaStepResult):
         if raw.success:
             output: object = raw.output  # typed as a dict, but callers may pass anything
             if isinstance(output, dict):
-                return _new(AttemptOutcome, (True, output, "", False, None))
+                return _new(AttemptOutcome, (True, output, "", False, None, None))
             return _wrong_type(step_name, "SagaStepResult.output", output)
+        if raw.retry_after_seconds is not None:  # a step parks; a compensation retries
+            seconds = raw.retry_after_seconds
+            text = f"asked to run again after {seconds:g}s (retry_after)"
+            return AttemptOutcome(False, {}, text, True, None, seconds)
         error: object = raw.error
         text = storable_text(error) if isinstance(error, str) else "step reported failure"
-        return _new(AttemptOutcome, (False, {}, text, raw.retryable, "step_failed"))
+        return _new(AttemptOutcome, (False, {}, text, raw.retryable, "step_failed", None))
     if isinstance(raw, dict):
-        return _new(AttemptOutcome, (True, raw, "", False, None))
+        return _new(AttemptOutcome, (True, raw, "", False, None, None))
     if isinstance(raw, Ok):
         value = raw.value
         if value is None:

@@ -21,7 +21,7 @@ from lexigram.events.sagas._logging import log_fields
 from lexigram.events.sagas.config import SagaConfig
 from lexigram.events.sagas.context import SagaContext
 from lexigram.events.sagas.events import SagaEvent
-from lexigram.events.sagas.types import SagaRecord
+from lexigram.events.sagas.types import SagaRecord, SagaWait
 
 __all__ = ["BROKEN", "Interrupted", "SagaRun", "StopReason", "collect_task"]
 
@@ -81,6 +81,7 @@ class SagaRun:
         "outbox",
         "outcome",
         "record",
+        "resumed",
         "seq",
         "stop_message",
         "stop_reason",
@@ -117,6 +118,11 @@ class SagaRun:
         # Events waiting for the write that makes what they announce durable (only with
         # an event bus): published right after that write lands.
         self.outbox: list[SagaEvent] = []
+        # The wait the saga was parked in when this run claimed it (``record.waiting`` is
+        # cleared: every write of the run stores it as no longer parked).
+        self.resumed: SagaWait | None = None
+        if record.waiting is not None:
+            self.resumed, record.waiting = record.waiting, None
         steps = record.steps
         self.seq = 1
         results: dict[str, dict[str, Any]] = {}

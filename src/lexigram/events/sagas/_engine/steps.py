@@ -123,6 +123,13 @@ def check_child(run: SagaRun, ctx: SagaContext, outcome: AttemptOutcome) -> Atte
             "step_error",
             retryable=False,
         )
+    if outcome.poll is not None:
+        return AttemptOutcome.failure(
+            f"SagaDefinitionError: step '{ctx.step_name}' returned retry_after, but a "
+            "parallel step cannot park its saga; poll in a step before or after the group",
+            "step_error",
+            retryable=False,
+        )
     if outcome.ok:
         try:
             storable_json(outcome.output)

@@ -77,9 +77,13 @@ class RecordWriter:
         self._publish = publish
 
     async def save(
-        self, run: SagaRun, *, finish: SagaStatus | None = None
+        self, run: SagaRun, *, finish: SagaStatus | None = None, park: bool = False
     ) -> tuple[Rejection, ...]:
         """Write the run's record durably; with ``finish``, as that terminal status.
+
+        With ``park``, the write also hands the lease back (the saga waits, see
+        ``record.waiting``): it is made whatever ``persist_state`` says, and after it
+        lands the run must write nothing more.
 
         Returns:
             The values the store refused, after putting each back to its last durable
@@ -95,7 +99,7 @@ class RecordWriter:
             refused = _adopt_context(run)
             if refused:
                 return refused
-        if finish is None and not run.config.persist_state:
+        if finish is None and not park and not run.config.persist_state:
             if run.outbox:
                 await self._flush(run)
             return _NONE
@@ -103,10 +107,13 @@ class RecordWriter:
         record.updated_at = now
         record.recovery_attempts = 0
         unfinished = None
-        if finish is None:
-            record.lease_expires_at = now + self._lease_length
-        else:
+        if finish is not None:
             unfinished = finish_saga(record, finish, now)
+        elif park:
+            unfinished = (record.lease_owner, record.lease_id, record.lease_expires_at)
+            record.lease_owner = record.lease_id = record.lease_expires_at = None
+        else:
+            record.lease_expires_at = now + self._lease_length
         # The events queued so far announce what this write stores; events queued while it
         # is under way (by parallel siblings) wait for the next write.
         events: list[SagaEvent] = _NO_EVENTS
@@ -129,13 +136,16 @@ class RecordWriter:
                 run.outbox[:0] = events  # not written: they still wait for a write
             if not isinstance(exc, SagaDataError):
                 raise
-            if unfinished is not None:  # nothing was written, so the saga did not finish
+            if park:  # nothing was written: the lease is still held
+                record.lease_owner, record.lease_id, _ = unfinished or (None, None, None)
+                record.lease_expires_at = self.lease.expiry(now)
+            elif unfinished is not None:  # nothing was written, so the saga did not finish
                 unfinish_saga(record, unfinished)
                 record.lease_expires_at = self.lease.expiry(now)
             refused = await self._repair(run, exc)
             if refused:
                 return refused
-            return await self.save(run, finish=finish)  # values reshaped: write them now
+            return await self.save(run, finish=finish, park=park)  # values reshaped
         for event in events:
             await self._publish(event)
         return _NONE

@@ -26,7 +26,7 @@ from typing import Any, Generic, Literal, TypeVar, get_args
 
 from lexigram.events.sagas.errors import SagaStoreUnavailableError
 from lexigram.events.sagas.store import SagaStore
-from lexigram.events.sagas.types import SagaRecord, SagaStatus
+from lexigram.events.sagas.types import SagaRecord, SagaSignal, SagaStatus
 
 __all__ = [
     "FaultyStore",
@@ -53,6 +53,9 @@ StoreMethod = Literal[
     "request_cancel",
     "cancel_requests",
     "wait_for_work",
+    "send_signal",
+    "next_signal",
+    "wake",
     "delete_terminal",
     "close",
 ]
@@ -116,6 +119,8 @@ class StoreCall(Generic[_Result_co]):
         args: builtins.list[Any] = []
         kwargs: dict[str, Any] = {}
         for parameter in _PARAMETERS[self.method]:
+            if parameter.name not in self.arguments:  # an optional one left out
+                continue
             value = self.arguments[parameter.name]
             if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
                 kwargs[parameter.name] = value
@@ -175,11 +180,13 @@ class StoreWrapper:
         saga_name: str | None = None,
         status: SagaStatus | None = None,
         limit: int = 100,
+        waiting: bool | None = None,
     ) -> builtins.list[SagaRecord]:
         """Forward ``list``."""
-        call: StoreCall[builtins.list[SagaRecord]] = StoreCall(
-            "list", {"saga_name": saga_name, "status": status, "limit": limit}
-        )
+        args: dict[str, Any] = {"saga_name": saga_name, "status": status, "limit": limit}
+        if waiting is not None:  # a store written before waits takes no such argument
+            args["waiting"] = waiting
+        call: StoreCall[builtins.list[SagaRecord]] = StoreCall("list", args)
         return await self.forward(call)
 
     async def delete(self, saga_id: str) -> bool:
@@ -252,6 +259,28 @@ class StoreWrapper:
     async def wait_for_work(self, timeout: float) -> bool:
         """Forward ``wait_for_work``."""
         call: StoreCall[bool] = StoreCall("wait_for_work", {"timeout": timeout})
+        return await self.forward(call)
+
+    async def send_signal(
+        self, saga_id: str, name: str, payload: dict[str, Any], signal_id: str
+    ) -> bool:
+        """Forward ``send_signal``."""
+        call: StoreCall[bool] = StoreCall(
+            "send_signal",
+            {"saga_id": saga_id, "name": name, "payload": payload, "signal_id": signal_id},
+        )
+        return await self.forward(call)
+
+    async def next_signal(self, saga_id: str, name: str, after: int) -> SagaSignal | None:
+        """Forward ``next_signal``."""
+        call: StoreCall[SagaSignal | None] = StoreCall(
+            "next_signal", {"saga_id": saga_id, "name": name, "after": after}
+        )
+        return await self.forward(call)
+
+    async def wake(self, saga_id: str) -> bool:
+        """Forward ``wake``."""
+        call: StoreCall[bool] = StoreCall("wake", {"saga_id": saga_id})
         return await self.forward(call)
 
     async def delete_terminal(self, *, before: datetime, limit: int = 1000) -> int:

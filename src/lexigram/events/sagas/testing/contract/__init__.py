@@ -11,7 +11,8 @@ A test module subclasses :class:`StoreContract` and provides three fixtures:
 
 The suite is one class made of one part per area of the contract, each in its own module:
 saving and loading, refused values and unreadable rows, listing and deleting, claims and
-leases, and what serving workers rely on (due times, cancel requests, wake-ups). Import
+leases, what serving workers rely on (due times, cancel requests, wake-ups), and durable
+waits (signals, parked sagas). Import
 everything from this module; the parts are private.
 """
 
@@ -33,6 +34,7 @@ from lexigram.events.sagas.testing.contract._records import (
 from lexigram.events.sagas.testing.contract._refusals import UNSTORABLE, RefusalContract
 from lexigram.events.sagas.testing.contract._saving import SavingContract
 from lexigram.events.sagas.testing.contract._service import ServiceContract
+from lexigram.events.sagas.testing.contract._signals import SignalContract, parked
 
 __all__ = [
     "BASE_TIME",
@@ -45,11 +47,17 @@ __all__ = [
     "full_record",
     "json_values",
     "make_record",
+    "parked",
     "same_fields",
 ]
 
 
 class StoreContract(
-    SavingContract, RefusalContract, ListingContract, ClaimContract, ServiceContract
+    SavingContract,
+    RefusalContract,
+    ListingContract,
+    ClaimContract,
+    ServiceContract,
+    SignalContract,
 ):
     """Behaviour every saga store must show (SPEC sections 7 and 11)."""
