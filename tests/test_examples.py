@@ -34,7 +34,12 @@ def test_example_runs(example: Path, tmp_path: Path) -> None:
 def test_examples_exist() -> None:
     """The documented examples are present."""
     names = {path.name for path in EXAMPLES}
-    assert {"order_fulfillment.py", "recovery_after_crash.py", "travel_booking.py"} <= names
+    assert {
+        "order_fulfillment.py",
+        "recovery_after_crash.py",
+        "travel_booking.py",
+        "expense_approval.py",
+    } <= names
 
 
 def test_readme_example_runs(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ import pytest
 from lexigram.events.sagas import InMemorySagaStore, SagaStore
 from lexigram.events.sagas._leases import is_claimable
 from lexigram.events.sagas._logging import LOG_FIELDS
-from lexigram.events.sagas._memory import _EXPIRES, _Row
+from lexigram.events.sagas._memory_rows import EXPIRES as _EXPIRES
+from lexigram.events.sagas._memory_rows import Row as _Row
 from lexigram.events.sagas.testing.contract import (
     BASE_TIME,
     CorruptRow,

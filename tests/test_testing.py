@@ -15,7 +15,8 @@ from lexigram.events.sagas import (
     SagaStore,
     SagaStoreUnavailableError,
 )
-from lexigram.events.sagas._memory import _EXPIRES, _Row
+from lexigram.events.sagas._memory_rows import EXPIRES as _EXPIRES
+from lexigram.events.sagas._memory_rows import Row as _Row
 from lexigram.events.sagas.testing import (
     FaultyStore,
     ManualClock,

@@ -11,22 +11,35 @@ import builtins
 import contextlib
 import logging
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from operator import attrgetter
 from typing import Any
 
 from lexigram.events.sagas._leases import LeasePolicy, is_claimable
 from lexigram.events.sagas._logging import log_fields
+from lexigram.events.sagas._memory_rows import (
+    CANCEL_AT,
+    CANCEL_REASON,
+    COMPLETED,
+    CREATED,
+    EXPIRES,
+    LEASE_ID,
+    NAME,
+    NOT_BEFORE,
+    OWNER,
+    STATUS,
+    VERSION,
+    WAITING,
+    Query,
+    Row,
+    StoredSignal,
+    is_due,
+    plain_fields,
+)
 from lexigram.events.sagas.codec import (
     EPOCH,
-    dumps_json,
-    loads_json,
-    record_is_plain,
-    rejected,
     signal_payload_json,
 )
-from lexigram.events.sagas.config import check_list_limit
+from lexigram.events.sagas.config import check_list_limit, check_list_offset
 from lexigram.events.sagas.errors import (
     ConcurrencyConflictError,
     CorruptRecordError,
@@ -35,139 +48,15 @@ from lexigram.events.sagas.errors import (
 )
 from lexigram.events.sagas.types import (
     TERMINAL_SAGA_STATUSES,
-    SagaFailure,
     SagaRecord,
     SagaSignal,
     SagaStatus,
-    SagaStepRecord,
 )
 
 __all__ = ["InMemorySagaStore"]
 
+
 logger = logging.getLogger(__name__)
-
-
-# A stored saga is kept as tuples of its immutable fields (ids, statuses, times, counters),
-# read in one C call by ``attrgetter``, plus the JSON text of its JSON-valued parts and
-# texts (data, metadata, step outputs, every error text). Saving costs one pass over the
-# fields and one JSON encoding; loading builds fresh objects from both, so callers always
-# get a copy. The payload must be valid UTF-8 and the user-filled parts plain (the codec's
-# ``record_is_plain``: str keys, lists, text errors), so this store refuses what the codec
-# refuses for the durable stores, with the codec's own ``SagaDataError``. Ids, names and
-# owners are checked where they enter (saga ids by ``start()``, names at registration,
-# worker ids by the manager: printable text), so of the plain fields only the failure, whose
-# message is free text, is checked on every save. Measured on a 3-step record (save + load,
-# this machine): 68 us this way against 131 us through the codec's whole-record document,
-# so the trick earns its place.
-_JSON_FIELDS = ("data", "steps", "metadata", "error")
-_STEP_JSON_FIELDS = ("output", "attempt_errors", "error", "compensation_error")
-_PLAIN = tuple(name for name in SagaRecord.__slots__ if name not in _JSON_FIELDS)
-_STEP_PLAIN = tuple(name for name in SagaStepRecord.__slots__ if name not in _STEP_JSON_FIELDS)
-_step_json_fields = attrgetter(*_STEP_JSON_FIELDS)
-_plain_fields = attrgetter(*_PLAIN)
-_step_fields = attrgetter(*_STEP_PLAIN)
-_AT = {name: index for index, name in enumerate(_PLAIN)}
-_NAME, _STATUS, _VERSION = _AT["saga_name"], _AT["status"], _AT["version"]
-_CREATED, _COMPLETED = _AT["created_at"], _AT["completed_at"]
-_OWNER, _LEASE_ID, _EXPIRES = _AT["lease_owner"], _AT["lease_id"], _AT["lease_expires_at"]
-_FAILURE = _AT["failure"]
-_NOT_BEFORE = _AT["not_before"]
-_CANCEL_AT, _CANCEL_REASON = _AT["cancel_requested_at"], _AT["cancel_reason"]
-_WAITING = _AT["waiting"]
-
-
-def _due(not_before: datetime | None, now: datetime) -> bool:
-    return not_before is None or not_before <= now
-
-
-@dataclass(frozen=True, slots=True)
-class _Signal:
-    """One stored signal; the payload as JSON text (every read builds a fresh copy)."""
-
-    seq: int
-    name: str
-    signal_id: str
-    payload: str
-    sent_at: datetime
-
-    def signal(self) -> SagaSignal:
-        return SagaSignal(
-            self.seq, self.name, self.signal_id, loads_json(self.payload), self.sent_at
-        )
-
-
-@dataclass(slots=True)
-class _Row:
-    """One stored saga: its plain fields, its steps' plain fields, and the JSON rest."""
-
-    fields: builtins.list[Any]
-    steps: tuple[tuple[Any, ...], ...]
-    payload: str
-
-    @classmethod
-    def of(cls, record: SagaRecord) -> _Row:
-        """Take the parts of ``record`` a store can hold.
-
-        Raises:
-            SagaDataError: what ``encode_record`` would raise for ``record``.
-        """
-        steps = record.steps.values()
-        fields = _plain_fields(record)
-        step_fields = tuple(map(_step_fields, steps))
-        try:
-            payload = dumps_json(  # the user-filled parts are checked by record_is_plain
-                (
-                    record.data,
-                    record.metadata,
-                    record.error,
-                    builtins.list(map(_step_json_fields, steps)),
-                )
-            )
-            if not payload.isascii():  # O(1): ASCII, the common case, pays nothing
-                payload.encode()  # UnicodeEncodeError on a lone surrogate
-        except (TypeError, ValueError, RecursionError):
-            raise rejected(record) from None
-        failure = fields[_FAILURE]
-        if not (record_is_plain(record) and (failure is None or _utf8_failure(failure))):
-            raise rejected(record)
-        return cls(builtins.list(fields), step_fields, payload)
-
-    def record(self, saga_id: str) -> SagaRecord:
-        """Build a fresh record from the stored parts.
-
-        Raises:
-            CorruptRecordError: the stored parts do not make a record (a test corrupted
-                them: this store writes nothing else).
-        """
-        try:
-            data, metadata, error, step_parts = loads_json(self.payload)
-            steps = {}
-            for fields, parts in zip(self.steps, step_parts, strict=True):
-                step = SagaStepRecord(
-                    **dict(zip(_STEP_PLAIN, fields, strict=True)),
-                    **dict(zip(_STEP_JSON_FIELDS, parts, strict=True)),
-                )
-                steps[step.step_name] = step
-        except (TypeError, ValueError):
-            raise CorruptRecordError("stored payload is unreadable", saga_id=saga_id) from None
-        return SagaRecord(
-            **dict(zip(_PLAIN, self.fields, strict=True)),
-            data=data,
-            steps=steps,
-            metadata=metadata,
-            error=error,
-        )
-
-
-def _utf8_failure(failure: SagaFailure) -> bool:
-    """Whether a failure's texts are valid UTF-8 (no lone surrogate), as JSON needs."""
-    for text in (failure.step or "", failure.message):
-        if not text.isascii():  # ASCII, the common case, is O(1)
-            try:
-                text.encode()
-            except UnicodeEncodeError:
-                return False
-    return failure.cause is None or _utf8_failure(failure.cause)
 
 
 def _utc_now() -> datetime:
@@ -187,8 +76,8 @@ class InMemorySagaStore:
     """
 
     def __init__(self, *, clock: Callable[[], datetime] = _utc_now) -> None:
-        self._rows: dict[str, _Row] = {}
-        self._signals: dict[str, builtins.list[_Signal]] = {}
+        self._rows: dict[str, Row] = {}
+        self._signals: dict[str, builtins.list[StoredSignal]] = {}
         self._clock = clock
         self._sleepers: builtins.list[asyncio.Future[None]] = []  # wait_for_work() calls
         self.writes = 0
@@ -197,26 +86,26 @@ class InMemorySagaStore:
     async def save(self, record: SagaRecord) -> None:
         """Insert (version 0) or conditionally update ``record``; bump ``record.version``."""
         current = self._rows.get(record.saga_id)
-        stored_version = 0 if current is None else current.fields[_VERSION]
+        stored_version = 0 if current is None else current.fields[VERSION]
         if stored_version != record.version:
             raise ConcurrencyConflictError(
                 record.saga_id,
                 expected_version=record.version,
                 actual_version=None if current is None else stored_version,
             )
-        row = _Row.of(record)
+        row = Row.of(record)
         fields = row.fields
         if current is not None:  # a cancel request is the store's: a save keeps it
-            fields[_CANCEL_AT] = current.fields[_CANCEL_AT]
-            fields[_CANCEL_REASON] = current.fields[_CANCEL_REASON]
+            fields[CANCEL_AT] = current.fields[CANCEL_AT]
+            fields[CANCEL_REASON] = current.fields[CANCEL_REASON]
         if (
             record.lease_owner is None
             and self._sleepers
             and not record.is_terminal
-            and (record.waiting is None or _due(record.not_before, self._clock()))
+            and (record.waiting is None or is_due(record.not_before, self._clock()))
         ):
             self._wake()  # enqueued or redriven: work no one holds
-        fields[_VERSION] = record.version = stored_version + 1
+        fields[VERSION] = record.version = stored_version + 1
         self._rows[record.saga_id] = row
         self.writes += 1
 
@@ -230,7 +119,7 @@ class InMemorySagaStore:
 
         Unreadable rows are logged (``ERROR``, naming the saga) and skipped.
         """
-        return self._select(saga_name, None, None)
+        return self._select(Query(saga_name), None)
 
     async def list(
         self,
@@ -239,11 +128,16 @@ class InMemorySagaStore:
         status: SagaStatus | None = None,
         limit: int = 100,
         waiting: bool | None = None,
+        correlation_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        offset: int = 0,
     ) -> builtins.list[SagaRecord]:
         """Return up to ``limit`` readable sagas matching the filters, newest first.
 
         ``waiting=True`` keeps only parked sagas (``record.waiting`` set), ``False`` only
-        the others.
+        the others; ``correlation_id`` and ``created_after``/``created_before`` filter
+        likewise; ``offset`` skips that many matches (paging).
 
         Unreadable rows are logged (``ERROR``, naming the saga) and skipped.
 
@@ -251,35 +145,57 @@ class InMemorySagaStore:
             TypeError: ``limit`` is not an int.
             ValueError: ``limit`` is negative or above ``config.MAX_LIST_LIMIT``.
         """
-        return self._select(saga_name, status, check_list_limit(limit), waiting)
+        query = Query(
+            saga_name,
+            status,
+            waiting,
+            correlation_id,
+            created_after,
+            created_before,
+            check_list_offset(offset),
+        )
+        return self._select(query, check_list_limit(limit))
 
-    def _select(
-        self,
-        saga_name: str | None,
-        status: SagaStatus | None,
-        limit: int | None,
-        waiting: bool | None = None,  # noqa: FBT001 - private, positional like the rest
-    ) -> builtins.list[SagaRecord]:
+    async def counts(self, *, saga_name: str | None = None) -> dict[str, int]:
+        """Count the sagas (of ``saga_name``, or all) by status, and the parked ones."""
+        counts = dict.fromkeys([status.value for status in SagaStatus] + ["waiting"], 0)
+        for row in self._rows.values():
+            fields = row.fields
+            if saga_name is None or fields[NAME] == saga_name:
+                counts[fields[STATUS].value] += 1
+                live = fields[STATUS] not in TERMINAL_SAGA_STATUSES
+                if live and fields[WAITING] is not None:
+                    counts["waiting"] += 1
+        return counts
+
+    def _select(self, query: Query, limit: int | None) -> builtins.list[SagaRecord]:
         found = [
-            (row.fields[_CREATED] or EPOCH, saga_id)
+            (row.fields[CREATED] or EPOCH, saga_id)
             for saga_id, row in self._rows.items()
-            if (saga_name is None or row.fields[_NAME] == saga_name)
-            and (status is None or row.fields[_STATUS] == status)
-            and (waiting is None or (row.fields[_WAITING] is not None) is waiting)
+            if query.matches(row.fields)
         ]
         found.sort(reverse=True)
         records: builtins.list[SagaRecord] = []
+        skip = query.offset
         for _, saga_id in found:
             if limit is not None and len(records) >= limit:
                 break
             try:
-                records.append(self._rows[saga_id].record(saga_id))
+                record = self._rows[saga_id].record(saga_id)
+                if query.correlation_id is not None and (
+                    record.correlation_id != query.correlation_id
+                ):
+                    continue
+                if skip:
+                    skip -= 1
+                    continue
+                records.append(record)
             except CorruptRecordError as exc:
                 logger.error(  # noqa: TRY400 - no traceback needed
                     "list: skipping unreadable saga %s: %s",
                     saga_id,
                     exc,
-                    extra=log_fields(saga_id=saga_id, saga_name=self._rows[saga_id].fields[_NAME]),
+                    extra=log_fields(saga_id=saga_id, saga_name=self._rows[saga_id].fields[NAME]),
                 )
         return records
 
@@ -305,21 +221,21 @@ class InMemorySagaStore:
         ids = [saga_id] if saga_id is not None else builtins.list(self._rows)
         passed_over = set(exclude)
         candidates = sorted(
-            (row.fields[_NOT_BEFORE] or row.fields[_CREATED] or EPOCH, key)
+            (row.fields[NOT_BEFORE] or row.fields[CREATED] or EPOCH, key)
             for key in ids
             if (row := self._rows.get(key)) is not None
             and key not in passed_over
-            and row.fields[_NAME] in names
+            and row.fields[NAME] in names
             and is_claimable(
-                row.fields[_STATUS],
-                row.fields[_OWNER],
-                row.fields[_LEASE_ID],
-                row.fields[_EXPIRES],
+                row.fields[STATUS],
+                row.fields[OWNER],
+                row.fields[LEASE_ID],
+                row.fields[EXPIRES],
                 owner=owner,
                 claimer_lease_id=lease_id,
                 now=now,
-                not_before=row.fields[_NOT_BEFORE],
-                cancel_requested=row.fields[_CANCEL_AT] is not None,
+                not_before=row.fields[NOT_BEFORE],
+                cancel_requested=row.fields[CANCEL_AT] is not None,
             )
         )
         claimed: builtins.list[SagaRecord] = []
@@ -334,7 +250,7 @@ class InMemorySagaStore:
                     key,
                     exc,
                     extra=log_fields(
-                        saga_id=key, saga_name=self._rows[key].fields[_NAME], worker_id=owner
+                        saga_id=key, saga_name=self._rows[key].fields[NAME], worker_id=owner
                     ),
                 )
                 continue
@@ -346,7 +262,7 @@ class InMemorySagaStore:
             record.lease_expires_at = LeasePolicy(lease_seconds).expiry(now)
             record.updated_at = now
             record.version += 1
-            self._rows[key].fields = builtins.list(_plain_fields(record))
+            self._rows[key].fields = builtins.list(plain_fields(record))
             self.writes += 1
             claimed.append(record)
         return claimed
@@ -363,23 +279,23 @@ class InMemorySagaStore:
                 continue
             fields = row.fields
             if (
-                fields[_OWNER] != owner
-                or fields[_LEASE_ID] != lease_id
-                or fields[_STATUS] in TERMINAL_SAGA_STATUSES
+                fields[OWNER] != owner
+                or fields[LEASE_ID] != lease_id
+                or fields[STATUS] in TERMINAL_SAGA_STATUSES
             ):
                 continue
-            fields[_EXPIRES] = expires
+            fields[EXPIRES] = expires
             held.append(saga_id)
         return held
 
     async def release(self, saga_id: str, owner: str, lease_id: str) -> bool:
         """Drop this worker's lease on a saga; return whether it held it."""
         row = self._rows.get(saga_id)
-        if row is None or row.fields[_OWNER] != owner or row.fields[_LEASE_ID] != lease_id:
+        if row is None or row.fields[OWNER] != owner or row.fields[LEASE_ID] != lease_id:
             return False
         fields = row.fields
-        fields[_OWNER] = fields[_LEASE_ID] = fields[_EXPIRES] = None
-        fields[_VERSION] += 1
+        fields[OWNER] = fields[LEASE_ID] = fields[EXPIRES] = None
+        fields[VERSION] += 1
         self.writes += 1
         self._wake()
         return True
@@ -390,9 +306,9 @@ class InMemorySagaStore:
         if row is None:
             return None
         fields = row.fields
-        if fields[_STATUS] not in TERMINAL_SAGA_STATUSES and fields[_CANCEL_AT] is None:
-            fields[_CANCEL_AT] = self._clock()
-            fields[_CANCEL_REASON] = reason
+        if fields[STATUS] not in TERMINAL_SAGA_STATUSES and fields[CANCEL_AT] is None:
+            fields[CANCEL_AT] = self._clock()
+            fields[CANCEL_REASON] = reason
             self.writes += 1
             self._wake()
         return row.record(saga_id)
@@ -400,12 +316,12 @@ class InMemorySagaStore:
     async def cancel_requests(self, owner: str, lease_id: str) -> dict[str, str]:
         """The live sagas ``owner``/``lease_id`` holds that were asked to cancel."""
         return {
-            saga_id: fields[_CANCEL_REASON] or ""
+            saga_id: fields[CANCEL_REASON] or ""
             for saga_id, row in self._rows.items()
-            if (fields := row.fields)[_CANCEL_AT] is not None
-            and fields[_OWNER] == owner
-            and fields[_LEASE_ID] == lease_id
-            and fields[_STATUS] not in TERMINAL_SAGA_STATUSES
+            if (fields := row.fields)[CANCEL_AT] is not None
+            and fields[OWNER] == owner
+            and fields[LEASE_ID] == lease_id
+            and fields[STATUS] not in TERMINAL_SAGA_STATUSES
         }
 
     async def wait_for_work(self, timeout: float) -> bool:
@@ -433,9 +349,9 @@ class InMemorySagaStore:
         doomed = [
             saga_id
             for saga_id, row in self._rows.items()
-            if row.fields[_STATUS] in TERMINAL_SAGA_STATUSES
-            and row.fields[_COMPLETED] is not None
-            and row.fields[_COMPLETED] < before
+            if row.fields[STATUS] in TERMINAL_SAGA_STATUSES
+            and row.fields[COMPLETED] is not None
+            and row.fields[COMPLETED] < before
         ][:limit]
         for saga_id in doomed:
             del self._rows[saga_id]
@@ -461,15 +377,17 @@ class InMemorySagaStore:
         if any(item.signal_id == signal_id for item in signals):
             return False
         fields = row.fields
-        if fields[_STATUS] in TERMINAL_SAGA_STATUSES:
-            raise SagaFinishedError.for_signal(saga_id, fields[_STATUS], name)
+        if fields[STATUS] in TERMINAL_SAGA_STATUSES:
+            raise SagaFinishedError.for_signal(saga_id, fields[STATUS], name)
         text = signal_payload_json(payload)
         now = self._clock()
         seq = signals[-1].seq + 1 if signals else 1
-        self._signals.setdefault(saga_id, signals).append(_Signal(seq, name, signal_id, text, now))
-        wait = fields[_WAITING]
-        if fields[_OWNER] is None and wait is not None and wait.signal == name:
-            fields[_NOT_BEFORE] = now  # parked for it: due now
+        self._signals.setdefault(saga_id, signals).append(
+            StoredSignal(seq, name, signal_id, text, now)
+        )
+        wait = fields[WAITING]
+        if fields[OWNER] is None and wait is not None and wait.signal == name:
+            fields[NOT_BEFORE] = now  # parked for it: due now
             self._wake()
         self.writes += 1
         return True
@@ -487,9 +405,9 @@ class InMemorySagaStore:
         if row is None:
             return False
         fields = row.fields
-        if fields[_OWNER] is not None or fields[_STATUS] in TERMINAL_SAGA_STATUSES:
+        if fields[OWNER] is not None or fields[STATUS] in TERMINAL_SAGA_STATUSES:
             return False
-        fields[_NOT_BEFORE] = self._clock()
+        fields[NOT_BEFORE] = self._clock()
         self._wake()
         return True
 

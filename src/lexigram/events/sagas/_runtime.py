@@ -31,7 +31,7 @@ from lexigram.events.sagas._service import ServiceAPI, check_new
 from lexigram.events.sagas._signals import SignalAPI
 from lexigram.events.sagas._subscriptions import Subscriptions, starter
 from lexigram.events.sagas.codec import MAX_SAGA_ID_LENGTH
-from lexigram.events.sagas.config import SagaConfig, check_list_limit
+from lexigram.events.sagas.config import SagaConfig, check_list_limit, check_list_offset
 from lexigram.events.sagas.errors import (
     ConcurrencyConflictError,
     SagaError,
@@ -213,6 +213,8 @@ class SagaRuntime(ServiceAPI, ControlAPI, SignalAPI):
             lease_id=engine.lease_id,
             lease_expires_at=now + engine.lease.length,
         )
+        if engine.hooks is not None:
+            engine.hooks.stamp(record.metadata)  # e.g. the caller's trace context
         # close() waits for the starts in progress: a saga stored here is launched before
         # the shutdown stops it, so none is left behind under this worker's lease.
         self._starting.add(saga_id)
@@ -336,11 +338,17 @@ class SagaRuntime(ServiceAPI, ControlAPI, SignalAPI):
         status: SagaStatus | None = None,
         limit: int = 100,
         waiting: bool | None = None,
+        correlation_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        offset: int = 0,
     ) -> builtins.list[SagaRecord]:
         """Return up to ``limit`` sagas, newest first, optionally filtered.
 
         ``waiting=True`` lists parked sagas only (``record.waiting`` says what each waits
-        for and until when); ``waiting=False`` the others.
+        for and until when); ``waiting=False`` the others. ``correlation_id`` and
+        ``created_after``/``created_before`` (inclusive, exclusive) filter; ``offset``
+        skips that many matches (paging).
 
         Raises:
             TypeError: ``limit`` is not an int.
@@ -349,13 +357,26 @@ class SagaRuntime(ServiceAPI, ControlAPI, SignalAPI):
         check_list_limit(limit)
         if status is not None:
             status = SagaStatus(status)
-        if waiting is None:  # a custom store written before waits needs no new argument
-            return await self._store.list(saga_name=saga_name, status=status, limit=limit)
-        if not isinstance(waiting, bool):
+        if waiting is not None and not isinstance(waiting, bool):
             raise TypeError(f"waiting must be a bool or None, got {type(waiting).__name__}")
-        return await self._store.list(
-            saga_name=saga_name, status=status, limit=limit, waiting=waiting
-        )
+        extra: dict[str, Any] = {
+            "waiting": waiting,
+            "correlation_id": correlation_id,
+            "created_after": created_after,
+            "created_before": created_before,
+            "offset": check_list_offset(offset) or None,
+        }
+        # Filters left at their defaults are not passed: a store written before them works.
+        chosen = {key: value for key, value in extra.items() if value is not None}
+        return await self._store.list(saga_name=saga_name, status=status, limit=limit, **chosen)
+
+    async def counts(self, *, saga_name: str | None = None) -> dict[str, int]:
+        """Count the sagas (of ``saga_name``, or all) by status, and the parked ones.
+
+        Returns:
+            ``{status value: count}`` for every status, and ``"waiting"``: the parked.
+        """
+        return await self._store.counts(saga_name=saga_name)
 
     # ------------------------------------------------------------------ choreography
 

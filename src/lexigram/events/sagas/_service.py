@@ -156,6 +156,8 @@ class ServiceAPI:
             current_step=flow.entry,
             not_before=not_before,
         )
+        if self._engine.hooks is not None:
+            self._engine.hooks.stamp(record.metadata)  # e.g. the caller's trace context
         try:
             if connection is None:
                 await self._store.save(record)

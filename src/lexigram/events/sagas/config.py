@@ -162,3 +162,17 @@ def check_list_limit(limit: object) -> int:
     if not 0 <= limit <= MAX_LIST_LIMIT:
         raise ValueError(f"limit must be between 0 and {MAX_LIST_LIMIT}, got {limit}")
     return limit
+
+
+def check_list_offset(offset: object) -> int:
+    """Validate ``list(offset=...)`` for every store and the manager; return it.
+
+    Raises:
+        TypeError: ``offset`` is not an ``int``.
+        ValueError: ``offset`` is negative or above :data:`MAX_LIST_LIMIT`.
+    """
+    if not isinstance(offset, int) or isinstance(offset, bool):
+        raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+    if not 0 <= offset <= MAX_LIST_LIMIT:
+        raise ValueError(f"offset must be between 0 and {MAX_LIST_LIMIT}, got {offset}")
+    return offset

@@ -82,11 +82,30 @@ class SagaStore(Protocol):
         status: SagaStatus | None = None,
         limit: int = 100,
         waiting: bool | None = None,
+        correlation_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        offset: int = 0,
     ) -> builtins.list[SagaRecord]:
         """Return up to ``limit`` sagas matching the filters, newest first.
 
         ``waiting=True`` keeps only sagas whose stored ``waiting`` is set (parked),
-        ``waiting=False`` only the others.
+        ``waiting=False`` only the others; ``correlation_id`` the sagas whose
+        ``record.correlation_id`` it is; ``created_after``/``created_before`` bound
+        ``created_at`` (inclusive, exclusive). ``offset`` skips that many matches first
+        (paging). Unreadable rows are skipped (and logged), never counted.
+
+        Raises:
+            TypeError, ValueError: ``limit`` or ``offset`` is not a count.
+        """
+        ...
+
+    async def counts(self, *, saga_name: str | None = None) -> dict[str, int]:
+        """Count the sagas (of ``saga_name``, or all) by status, and the parked ones.
+
+        Returns:
+            ``{status value: count}`` for every :class:`SagaStatus` (zeros included) and
+            ``"waiting"``: the live sagas whose stored ``waiting`` is set.
         """
         ...
 

@@ -18,6 +18,7 @@ from lexigram.events.sagas._engine.announce import Announcer
 from lexigram.events.sagas._engine.attempt import attempt_once
 from lexigram.events.sagas._engine.backoff import retry_backoff
 from lexigram.events.sagas._engine.flow import FlowStep
+from lexigram.events.sagas._engine.hooks import EngineHooks, attempt_observed
 from lexigram.events.sagas._engine.run import BROKEN, SagaRun
 from lexigram.events.sagas._engine.writer import RecordWriter, describe_rejections
 from lexigram.events.sagas.config import SagaConfig
@@ -68,6 +69,7 @@ class Compensation:
     rand: Callable[[], float] = _random
     sleep: Callable[[float], Awaitable[Any]]
     events: Announcer
+    hooks: EngineHooks | None
     _writer: RecordWriter
 
     async def _pause(
@@ -229,9 +231,15 @@ class Compensation:
         while True:
             attempt = step.compensation_attempts + 1
             ctx.attempt = attempt
-            outcome = await attempt_once(
-                run, func, ctx, policy, task, run.config.non_retryable_exceptions, forward=False
-            )
+            non_retryable = run.config.non_retryable_exceptions
+            if self.hooks is None:
+                outcome = await attempt_once(
+                    run, func, ctx, policy, task, non_retryable, forward=False
+                )
+            else:
+                outcome = await attempt_observed(
+                    self.hooks, run, func, ctx, policy, task, non_retryable, forward=False
+                )
             step.compensation_attempts = attempt
             if outcome.ok:
                 move_step(step, SagaStepStatus.COMPENSATED)

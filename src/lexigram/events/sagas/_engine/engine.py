@@ -43,7 +43,9 @@ from lexigram.events.sagas._engine.backoff import retry_backoff
 from lexigram.events.sagas._engine.compensation import Compensation, poison_message, seconds_between
 from lexigram.events.sagas._engine.deadlines import DeadlineTimer
 from lexigram.events.sagas._engine.flow import Flow, FlowStep
+from lexigram.events.sagas._engine.groups import Groups
 from lexigram.events.sagas._engine.heartbeat import Heartbeat
+from lexigram.events.sagas._engine.hooks import EngineHooks, attempt_observed
 from lexigram.events.sagas._engine.rules import describe_error
 from lexigram.events.sagas._engine.run import (
     BROKEN,
@@ -84,7 +86,7 @@ _COMPLETED = SagaStepStatus.COMPLETED
 _FAILED = SagaStepStatus.FAILED
 
 
-class Engine(Compensation, Waits):
+class Engine(Compensation, Waits, Groups):
     """Runs flows against a store. Owned by one manager or orchestrator (one worker)."""
 
     def __init__(
@@ -125,6 +127,8 @@ class Engine(Compensation, Waits):
             on_done=collect_task,
         )
         self._deadlines = DeadlineTimer(StopReason.DEADLINE, "saga deadline passed")
+        self.hooks: EngineHooks | None = None
+        """An observer (tracing, metrics) told of runs and attempts; see ``hooks.py``."""
 
     # ------------------------------------------------------------------ launching
 
@@ -177,6 +181,8 @@ class Engine(Compensation, Waits):
             # suspended saga keeps one frame less alive (memory per saga in flight).
             broken = self._build_instance(run)
             poisoned = record.recovery_attempts > run.config.max_recovery_attempts
+            if self.hooks is not None:
+                self.hooks.run_begins(run)
             if self.bus is not None:
                 await self.events.launched(run)
             if record.status is SagaStatus.COMPENSATING:
@@ -227,6 +233,8 @@ class Engine(Compensation, Waits):
             if release and not run.finished:
                 await self._release(run)
             del self.runs[record.saga_id]
+            if self.hooks is not None:
+                self.hooks.run_ends(run, _outcome(record))
             run.finish(None)
             if self.on_run_end is not None:
                 self.on_run_end()
@@ -346,14 +354,20 @@ class Engine(Compensation, Waits):
                 return waited
         elif ctx.signal is not None:
             ctx.signal = None
+        hooks = self.hooks
         while True:
             attempt = step.attempts + 1
             ctx.attempt = attempt
             if self.bus is not None:
                 await self.events.publish(run, ev.SagaStepStarted, name, attempt=attempt)
-            outcome = await attempt_once(
-                run, action, ctx, policy, task, non_retryable, forward=True
-            )
+            if hooks is None:
+                outcome = await attempt_once(
+                    run, action, ctx, policy, task, non_retryable, forward=True
+                )
+            else:
+                outcome = await attempt_observed(
+                    hooks, run, action, ctx, policy, task, non_retryable, forward=True
+                )
             if outcome.poll is not None and ctx is run.ctx:  # retry_after: not an attempt
                 return await self._poll(run, node, step, outcome.poll)
             step.attempts = attempt
@@ -398,77 +412,6 @@ class Engine(Compensation, Waits):
             f"{describe_rejections(refused)}"
         )
 
-    async def _run_group(
-        self, run: SagaRun, node: FlowStep, ctx: SagaContext, task: asyncio.Task[Any]
-    ) -> SagaFailure | None:
-        """Run a parallel group's unfinished children concurrently; wait for all of them."""
-        group = enter_step(run, node, self.clock())
-        steps = run.record.steps
-        pending = [
-            child
-            for child in node.children
-            if not (
-                (done := steps.get(child.name)) is not None
-                and done.status is _COMPLETED
-                and done.visits >= group.visits
-            )
-        ]
-        run.save_lock()  # children save concurrently from here on
-        stops: list[StopReason] = []
-        failures: dict[str, SagaFailure] = {}
-        async with asyncio.TaskGroup() as tasks:
-            for child in pending:
-                tasks.create_task(
-                    self._run_child(run, child, ctx.for_step(child.name), stops, failures)
-                )
-        if stops:
-            raise Interrupted(next((r for r in stops if r.is_hard), stops[0]))
-        failed = [
-            child.name for child in node.children if steps[child.name].status is not _COMPLETED
-        ]
-        if failed:
-            move_step(group, _FAILED)
-            group.error = "parallel step(s) failed: " + "; ".join(
-                f"'{name}': {steps[name].error}" for name in failed
-            )
-            group.completed_at = self.clock()
-            first = failures.get(failed[0])
-            kind = first.kind if first is not None else "step_failed"
-            return SagaFailure(kind, node.name, f"step '{node.name}' failed: {group.error}")
-        output: dict[str, Any] = {}
-        for child in node.children:
-            output.update(steps[child.name].output)
-        move_step(group, _COMPLETED)
-        group.output = output
-        group.completed_at = self.clock()
-        group.completion_seq = run.seq
-        run.seq += 1
-        ctx.step_results[node.name] = output
-        return None
-
-    async def _run_child(
-        self,
-        run: SagaRun,
-        child: FlowStep,
-        ctx: SagaContext,
-        stops: list[StopReason],
-        failures: dict[str, SagaFailure],
-    ) -> None:
-        """Run one child of a group; report a stop instead of raising (siblings go on)."""
-        task = asyncio.current_task()
-        assert task is not None  # children run in TaskGroup tasks
-        try:
-            if child.is_group:
-                failure = await self._run_group(run, child, ctx, task)
-            else:
-                failure = await self._run_step(run, child, ctx, task)
-            if failure is None:
-                failure = await self._commit_step(run, child, None)
-            if failure is not None:
-                failures[child.name] = failure
-        except Interrupted as stop:
-            stops.append(stop.reason)
-
     async def _commit_step(
         self, run: SagaRun, node: FlowStep, finish: SagaStatus | None
     ) -> SagaFailure | None:
@@ -508,3 +451,10 @@ class Engine(Compensation, Waits):
         self.closed = True
         self._deadlines.close()
         await self._heartbeat.close()
+
+
+def _outcome(record: SagaRecord) -> str:
+    """How a run ended, for the hooks: the terminal status, parked, or stopped."""
+    if record.is_terminal:
+        return record.status.value
+    return "parked" if record.waiting is not None else "stopped"

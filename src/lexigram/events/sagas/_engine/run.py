@@ -78,6 +78,7 @@ class SagaRun:
         "flow",
         "in_user_code",
         "instance",
+        "observed",
         "outbox",
         "outcome",
         "record",
@@ -118,6 +119,7 @@ class SagaRun:
         # Events waiting for the write that makes what they announce durable (only with
         # an event bus): published right after that write lands.
         self.outbox: list[SagaEvent] = []
+        self.observed: object = None  # an observer's state for this run (a trace span)
         # The wait the saga was parked in when this run claimed it (``record.waiting`` is
         # cleared: every write of the run stores it as no longer parked).
         self.resumed: SagaWait | None = None

@@ -53,6 +53,7 @@ StoreMethod = Literal[
     "request_cancel",
     "cancel_requests",
     "wait_for_work",
+    "counts",
     "send_signal",
     "next_signal",
     "wake",
@@ -181,11 +182,21 @@ class StoreWrapper:
         status: SagaStatus | None = None,
         limit: int = 100,
         waiting: bool | None = None,
+        correlation_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        offset: int = 0,
     ) -> builtins.list[SagaRecord]:
-        """Forward ``list``."""
+        """Forward ``list`` (the filters left at their defaults are not passed on)."""
         args: dict[str, Any] = {"saga_name": saga_name, "status": status, "limit": limit}
-        if waiting is not None:  # a store written before waits takes no such argument
-            args["waiting"] = waiting
+        extra = {
+            "waiting": waiting,
+            "correlation_id": correlation_id,
+            "created_after": created_after,
+            "created_before": created_before,
+            "offset": offset or None,
+        }
+        args.update({key: value for key, value in extra.items() if value is not None})
         call: StoreCall[builtins.list[SagaRecord]] = StoreCall("list", args)
         return await self.forward(call)
 
@@ -259,6 +270,11 @@ class StoreWrapper:
     async def wait_for_work(self, timeout: float) -> bool:
         """Forward ``wait_for_work``."""
         call: StoreCall[bool] = StoreCall("wait_for_work", {"timeout": timeout})
+        return await self.forward(call)
+
+    async def counts(self, *, saga_name: str | None = None) -> dict[str, int]:
+        """Forward ``counts``."""
+        call: StoreCall[dict[str, int]] = StoreCall("counts", {"saga_name": saga_name})
         return await self.forward(call)
 
     async def send_signal(

@@ -12,7 +12,7 @@ A test module subclasses :class:`StoreContract` and provides three fixtures:
 The suite is one class made of one part per area of the contract, each in its own module:
 saving and loading, refused values and unreadable rows, listing and deleting, claims and
 leases, what serving workers rely on (due times, cancel requests, wake-ups), and durable
-waits (signals, parked sagas). Import
+waits (signals, parked sagas), and what operators' tools read (filters, paging, counts). Import
 everything from this module; the parts are private.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from lexigram.events.sagas.testing.contract._claims import ClaimContract
 from lexigram.events.sagas.testing.contract._listing import ListingContract
+from lexigram.events.sagas.testing.contract._operations import OperationsContract
 from lexigram.events.sagas.testing.contract._records import (
     BASE_TIME,
     FAULTS,
@@ -59,5 +60,6 @@ class StoreContract(
     ClaimContract,
     ServiceContract,
     SignalContract,
+    OperationsContract,
 ):
     """Behaviour every saga store must show (SPEC sections 7 and 11)."""
