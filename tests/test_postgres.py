@@ -41,6 +41,7 @@ from lexigram.events.sagas.testing.contract import (
     Fault,
     StoreContract,
     make_record,
+    parked,
 )
 from tests.conftest import postgres_required
 
@@ -48,6 +49,7 @@ try:
     import asyncpg
 
     from lexigram.events.sagas._postgres.dsn import connect_arguments, parse_pairs
+    from lexigram.events.sagas._postgres.reads import Filters
     from lexigram.events.sagas._postgres.schema import SCHEMA_VERSION
     from lexigram.events.sagas.postgres import PostgresSagaStore
 except ImportError:
@@ -64,10 +66,13 @@ def unique_name(prefix: str = "lexi_test") -> str:
 
 
 async def drop_tables(dsn: str, table: str, schema: str = "public") -> None:
-    """Drop a test's saga table and its meta table."""
+    """Drop a test's saga table, its signals table and its meta table."""
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(f'DROP TABLE IF EXISTS "{schema}"."{table}", "{schema}"."{table}_meta"')
+        await conn.execute(
+            f'DROP TABLE IF EXISTS "{schema}"."{table}", "{schema}"."{table}_signals", '
+            f'"{schema}"."{table}_meta"'
+        )
     finally:
         await conn.close()
 
@@ -485,6 +490,92 @@ async def test_skipped_rows_are_logged_with_the_structured_fields(
     expected = {"saga_id": "bad-1", "saga_name": "orders", "step": None, "attempt": None}
     assert listed == {**expected, "worker_id": None}
     assert claimed == {**expected, "worker_id": "w1"}
+
+
+# ---------------------------------------------------------------------- operators' reads
+
+
+async def test_a_correlation_id_changed_by_a_step_is_found_by_the_new_one(
+    store: PostgresSagaStore,
+) -> None:
+    """Every save writes the correlation id column (a step may change the metadata)."""
+    record = make_record("s-1", owner="w1", lease_id="l1")
+    await store.save(record)
+    record.metadata["correlation_id"] = "order-9"
+    await store.save(record)
+    assert [r.saga_id for r in await store.list(correlation_id="order-9")] == ["s-1"]
+    assert await store.list(correlation_id="corr-s-1") == []
+    record.metadata["correlation_id"] = 9  # not a str: the saga id stands in
+    await store.save(record)
+    assert [r.saga_id for r in await store.list(correlation_id="s-1")] == ["s-1"]
+
+
+async def test_a_correlation_id_text_cannot_hold_is_stored_and_found(
+    store: PostgresSagaStore,
+) -> None:
+    """An id holding NUL is stored (the column left NULL) and found, paged, by its records."""
+    for index in range(3):
+        record = make_record(f"s-{index}", created_at=BASE_TIME + timedelta(seconds=index))
+        record.metadata["correlation_id"] = "order\x00nine"
+        await store.save(record)
+    await store.save(make_record("other"))
+    found = await store.list(correlation_id="order\x00nine", limit=2, offset=1)
+    assert [r.saga_id for r in found] == ["s-1", "s-0"]
+    assert len(await store.list(correlation_id="order\x00nine")) == 3
+    assert await store.list(correlation_id="lone \ud800") == []  # no stored id holds one
+    assert await execute(store, "SELECT saga_id FROM {t} WHERE correlation_id IS NULL") != []
+
+
+async def test_listing_by_correlation_id_reads_its_index(store: PostgresSagaStore) -> None:
+    """``list(correlation_id=)`` is served by the ``(correlation_id, created_at)`` index."""
+    await store.save(make_record("s-1"))
+    statement = Filters(correlation=True).statement(store._sql)
+    assert store.pool is not None
+    async with store.pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL enable_seqscan = off")  # as on a big table
+        plan = await conn.fetch(f"EXPLAIN {statement}", 10, 0, "corr-s-1")
+    assert any(f"{store.table}_corr_idx" in row[0] for row in plan)
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"correlation_id": 7},
+        {"created_after": datetime(2026, 1, 1)},  # noqa: DTZ001 - the naive time refused
+        {"created_before": "2026-01-01"},
+    ],
+)
+async def test_list_refuses_filter_values_of_the_wrong_type(
+    store: PostgresSagaStore, filters: dict[str, Any]
+) -> None:
+    """A non-str correlation id, or a time that is not timezone-aware, is a TypeError."""
+    with pytest.raises(TypeError, match=next(iter(filters))):
+        await store.list(**filters)
+
+
+async def test_pages_past_an_unreadable_row_leave_no_saga_out(
+    store: PostgresSagaStore, corrupt_row: CorruptRow
+) -> None:
+    """``OFFSET`` counts an unreadable row: a page may repeat a saga, never skip one."""
+    for index in range(4):
+        created_at = BASE_TIME + timedelta(days=index - 1)
+        await store.save(make_record(f"s-{index}", created_at=created_at))
+    await corrupt_row(store, "bad")  # newest first: s-3, s-2, s-1, bad, s-0
+    pages = [[r.saga_id for r in await store.list(limit=2, offset=o)] for o in (0, 2, 4)]
+    assert pages == [["s-3", "s-2"], ["s-1", "s-0"], ["s-0"]]
+
+
+async def test_counts_read_the_status_and_waiting_columns(store: PostgresSagaStore) -> None:
+    """One statement: the parked are live ones only, and statuses no saga has are left out."""
+    await store.save(make_record("s-1"))
+    await store.save(parked("w-1"))
+    await store.save(parked("w-2"))
+    await execute(store, "UPDATE {t} SET status = 'failed' WHERE saga_id = 'w-2'")
+    await execute(store, "UPDATE {t} SET status = 'bogus' WHERE saga_id = 's-1'")
+    counts = await store.counts()
+    assert (counts["running"], counts["failed"], counts["waiting"]) == (1, 1, 1)
+    assert "bogus" not in counts
+    assert sum(counts.values()) == 3
 
 
 # ---------------------------------------------------------------------- leases and clocks

@@ -4,7 +4,7 @@ What the conformance suite cannot show with one store object: signals between st
 pools of their own (as separate processes have) and from a real second process, the life of
 the listening connection (lazy, outside the pool, surviving a killed backend and an
 unreachable server), the transactional enqueue, what claims and heartbeats read on a big
-table, and the migration of a schema version 1 table.
+table, and the migration of schema version 1 and 2 tables.
 """
 
 from __future__ import annotations
@@ -694,7 +694,7 @@ async def _make_v1_table(pg_dsn: str, table: str) -> Any:
     record = make_record("old-1", status=SagaStatus.PENDING, data={"order_id": "o-1"})
     record.version = 1
     doc = json.loads(encode_record(record))
-    for added in ("not_before", "cancel_requested_at", "cancel_reason", "redrives"):
+    for added in ("not_before", "cancel_requested_at", "cancel_reason", "redrives", "waiting"):
         del doc[added]  # a version 1 document has none of them
     conn = await asyncpg.connect(pg_dsn)
     try:
@@ -741,20 +741,189 @@ async def test_a_version_1_table_is_migrated_in_place(
         )
     }
     assert version == str(SCHEMA_VERSION)
-    assert {"fresh_idx", "due_idx", "expiry_idx", "holder_idx", "cancel_idx"} <= indexes
+    assert {
+        "fresh_idx",
+        "due_idx",
+        "expiry_idx",
+        "holder_idx",
+        "cancel_idx",
+        "waiting_idx",
+        "corr_idx",
+    } <= indexes
     assert "claim_idx" not in indexes
+    assert await store.send_signal("old-1", "approval", {}, "sig-1")
 
 
-async def test_stores_opening_a_version_1_table_together_migrate_it_once(
-    pg_dsn: str, table: str
+_V2_DDL = """
+CREATE TABLE "public"."{t}" (
+    saga_id text PRIMARY KEY,
+    saga_name text NOT NULL,
+    status text NOT NULL,
+    version bigint NOT NULL,
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz,
+    completed_at timestamptz,
+    lease_owner text,
+    lease_id text,
+    lease_expires_at timestamptz,
+    previous_owner text,
+    recovery_attempts integer NOT NULL DEFAULT 0,
+    doc json NOT NULL,
+    not_before timestamptz,
+    cancel_requested_at timestamptz,
+    cancel_reason text
+) WITH (fillfactor = 80);
+CREATE INDEX "{t}_created_idx" ON "public"."{t}" (created_at, saga_id);
+CREATE INDEX "{t}_name_idx" ON "public"."{t}" (saga_name, created_at, saga_id);
+CREATE INDEX "{t}_status_idx" ON "public"."{t}" (status, created_at, saga_id);
+CREATE INDEX "{t}_completed_idx" ON "public"."{t}" (completed_at)
+    WHERE status IN ('completed', 'compensated', 'failed');
+CREATE INDEX "{t}_fresh_idx" ON "public"."{t}" (saga_name, created_at, saga_id)
+    WHERE status IN ('pending', 'running', 'compensating') AND lease_owner IS NULL
+        AND not_before IS NULL;
+CREATE INDEX "{t}_due_idx" ON "public"."{t}" (saga_name, not_before, saga_id)
+    WHERE status IN ('pending', 'running', 'compensating') AND lease_owner IS NULL
+        AND not_before IS NOT NULL;
+CREATE INDEX "{t}_expiry_idx" ON "public"."{t}"
+    (saga_name, (coalesce(lease_expires_at, '-infinity'::timestamptz)))
+    WHERE status IN ('pending', 'running', 'compensating') AND lease_owner IS NOT NULL;
+CREATE INDEX "{t}_holder_idx" ON "public"."{t}" (lease_owner, lease_id)
+    WHERE status IN ('pending', 'running', 'compensating') AND lease_owner IS NOT NULL;
+CREATE INDEX "{t}_cancel_idx" ON "public"."{t}" (lease_owner, lease_id)
+    WHERE status IN ('pending', 'running', 'compensating') AND cancel_requested_at IS NOT NULL;
+CREATE TABLE "public"."{t}_meta" (key text PRIMARY KEY, value text NOT NULL);
+INSERT INTO "public"."{t}_meta" (key, value) VALUES ('schema_version', '2');
+"""
+
+
+async def _make_v2_table(pg_dsn: str, table: str) -> Any:
+    """A table as version 2 wrote it, holding one saga due later; return its record."""
+    record = pending("old-2", not_before=datetime.now(UTC) + timedelta(hours=1))
+    record.version = 1
+    doc = json.loads(encode_record(record))
+    del doc["waiting"]  # a version 2 document has no wait
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(_V2_DDL.format(t=table))
+        await conn.execute(
+            f'INSERT INTO "public"."{table}" (saga_id, saga_name, status, version, created_at, '
+            "updated_at, not_before, doc) "
+            "VALUES ($1, 'orders', 'pending', 1, $2, $2, $3, $4::json)",
+            "old-2",
+            record.created_at,
+            record.not_before,
+            json.dumps(doc),
+        )
+    finally:
+        await conn.close()
+    return record
+
+
+async def test_a_version_2_table_is_migrated_in_place(
+    pg_dsn: str, make_store: MakeStore, table: str
 ) -> None:
-    """Six processes' stores opening the old table at once all succeed."""
-    await _make_v1_table(pg_dsn, table)
+    """Its rows read back as sagas that wait for nothing, and take signals."""
+    record = await _make_v2_table(pg_dsn, table)
+    store = await make_store()
+    loaded = await store.load("old-2")
+    assert loaded is not None
+    assert same_fields(loaded, record)
+    assert loaded.waiting is None
+    assert [r.saga_id for r in await store.list(waiting=False)] == ["old-2"]
+    assert await store.list(waiting=True) == []
+    assert await store.send_signal("old-2", "approval", {"ok": True}, "sig-1")
+    signal = await store.next_signal("old-2", "approval", 0)
+    assert signal is not None
+    assert (signal.seq, signal.payload) == (1, {"ok": True})
+    assert await store.claim("w1", "l1", lease_seconds=30, saga_names=["orders"]) == []
+    assert await store.wake("old-2")
+    (claimed,) = await store.claim("w1", "l1", lease_seconds=30, saga_names=["orders"])
+    assert (claimed.saga_id, claimed.version) == ("old-2", 2)
+    assert store.pool is not None
+    version = await store.pool.fetchval(
+        f'SELECT value FROM "public"."{table}_meta" WHERE key = \'schema_version\''
+    )
+    indexes = {
+        row["indexname"].removeprefix(table + "_")
+        for row in await store.pool.fetch(
+            "SELECT indexname FROM pg_indexes WHERE tablename = ANY($1::text[])",
+            [table, f"{table}_signals"],
+        )
+    }
+    assert version == str(SCHEMA_VERSION) == "3"
+    assert {"waiting_idx", "signals_pkey", "signal_id_key", "signal_idx"} <= indexes
+    assert await store.delete("old-2")
+    assert await store.pool.fetchval(f'SELECT count(*) FROM "public"."{table}_signals"') == 0
+
+
+def _correlated(saga_id: str, correlation_id: object, **data: Any) -> str:
+    """A version 2 document of a saga whose metadata holds ``correlation_id`` (if given)."""
+    record = make_record(saga_id, data=data or None)
+    record.version = 1
+    doc = json.loads(encode_record(record))
+    del doc["waiting"]
+    if correlation_id is None:
+        doc["metadata"] = {}
+    else:
+        doc["metadata"]["correlation_id"] = correlation_id
+    return json.dumps(doc)  # ensure_ascii: every non-ASCII character a \u escape
+
+
+async def test_migrated_rows_are_found_by_their_correlation_id(
+    pg_dsn: str, make_store: MakeStore, table: str
+) -> None:
+    """Each row's ``correlation_id`` is filled in, as ``record.correlation_id`` reads it."""
+    rows = [
+        ("plain", _correlated("plain", "order-1")),
+        ("unset", _correlated("unset", None)),
+        ("number", _correlated("number", 7)),
+        ("nul-data", _correlated("nul-data", "order-1", note="a\x00b")),
+        ("accented", _correlated("accented", "commande-é")),
+        ("nul-id", _correlated("nul-id", "order\x00two")),
+    ]
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(_V2_DDL.format(t=table))
+        for index, (saga_id, doc) in enumerate(rows):
+            await conn.execute(
+                f'INSERT INTO "public"."{table}" (saga_id, saga_name, status, version, '
+                "created_at, doc) VALUES ($1, 'orders', 'running', 1, $2, $3::json)",
+                saga_id,
+                BASE_TIME + timedelta(seconds=index),
+                doc,
+            )
+    finally:
+        await conn.close()
+    store = await make_store()
+    found = {
+        wanted: [r.saga_id for r in await store.list(correlation_id=wanted)]
+        for wanted in ("order-1", "unset", "number", "commande-é", "order\x00two")
+    }
+    assert found == {
+        "order-1": ["nul-data", "plain"],
+        "unset": ["unset"],
+        "number": ["number"],
+        "commande-é": ["accented"],
+        "order\x00two": ["nul-id"],
+    }
+    assert store.pool is not None
+    columns = dict(
+        await store.pool.fetch(f'SELECT saga_id, correlation_id FROM "public"."{table}"')
+    )
+    assert columns["nul-id"] is None  # text cannot hold NUL: found by reading the records
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_stores_opening_an_old_table_together_migrate_it_once(
+    pg_dsn: str, table: str, version: int
+) -> None:
+    """Six processes' stores opening a version 1 or 2 table at once all succeed."""
+    await (_make_v1_table if version == 1 else _make_v2_table)(pg_dsn, table)
     racers = [PostgresSagaStore(pg_dsn, table=table) for _ in range(6)]
     try:
         await asyncio.gather(*(racer.open() for racer in racers))
         for racer in racers:
-            loaded = await racer.load("old-1")
+            loaded = await racer.load(f"old-{version}")
             assert loaded is not None
     finally:
         for racer in racers:

@@ -91,7 +91,7 @@ async def drop_pg_table(dsn: str, table: str) -> None:
 
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(f'DROP TABLE IF EXISTS "{table}", "{table}_meta"')
+        await conn.execute(f'DROP TABLE IF EXISTS "{table}", "{table}_meta", "{table}_signals"')
     finally:
         await conn.close()
 

@@ -15,6 +15,9 @@ enqueued inside the caller's own transaction, so it exists if and only if that c
         await conn.execute("INSERT INTO orders ...")
         await manager.enqueue("checkout", {"order_id": order_id}, connection=conn)
 
+Signals to waiting sagas (``manager.signal``) are kept in ``<table>_signals``, next to the
+saga table, and deleted with their saga.
+
 How it keeps the store contract is described in ``lexigram.events.sagas._postgres.store``.
 """
 

@@ -1,27 +1,28 @@
-"""``PostgresSagaStore.claim``: one statement per batch, and what to do with unreadable rows.
+"""``PostgresSagaStore``'s leases: ``claim`` (with unreadable rows), ``renew``, ``release``.
 
 The statements are ``sql.Statements.claim`` (a batch, oldest first, through the partial
 indexes of live sagas) and ``claim_one`` (one saga by id). A claimed row that cannot be
 read as a saga is logged, put back as it was (its former lease comes back with every
 claimed row), and passed over; the batch is then repeated for the places it took, so one
-bad row never hides the sagas after it.
+bad row never hides the sagas after it. ``renew`` and ``release`` are one statement each.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from lexigram.events.sagas._logging import log_fields
+from lexigram.events.sagas._postgres.listener import WorkSignal
 from lexigram.events.sagas._postgres.rows import record_from_row
 from lexigram.events.sagas._postgres.runner import StatementRunner
 from lexigram.events.sagas._postgres.sql import Statements
 from lexigram.events.sagas.errors import CorruptRecordError, SagaStoreError
 from lexigram.events.sagas.types import SagaRecord
 
-__all__ = ["claim_sagas"]
+__all__ = ["claim_sagas", "release_lease", "renew_leases"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +34,10 @@ async def claim_sagas(
     lease_id: str,
     *,
     lease: timedelta,
-    names: Sequence[str],
+    saga_names: Collection[str],
     limit: int,
     saga_id: str | None,
-    exclude: Sequence[str],
+    exclude: Collection[str],
 ) -> list[SagaRecord]:
     """Lease up to ``limit`` claimable sagas (or just ``saga_id``); return them oldest first.
 
@@ -46,13 +47,22 @@ async def claim_sagas(
         owner: The claiming worker's name.
         lease_id: The claiming worker's lease id.
         lease: How long the leases last (from the server's ``now()``).
-        names: The saga names to claim (not empty, no duplicates).
-        limit: At most this many (positive).
+        saga_names: The saga names to claim.
+        limit: At most this many.
         saga_id: Only this saga, if given.
         exclude: Ids to pass over.
+
+    Raises:
+        TypeError: ``saga_names`` or ``exclude`` is a str (a collection is needed).
     """
-    found: list[tuple[datetime, str, SagaRecord]] = []
+    for value, what in ((saga_names, "saga_names"), (exclude, "exclude")):
+        if isinstance(value, str):
+            raise TypeError(f"{what} must be a collection of str, not a str")
+    names = list(dict.fromkeys(saga_names))
     passed_over = list(exclude)
+    if not names or limit <= 0 or (saga_id is not None and saga_id in passed_over):
+        return []
+    found: list[tuple[datetime, str, SagaRecord]] = []
     while len(found) < limit:
         wanted = limit - len(found)
         if saga_id is None:
@@ -126,3 +136,46 @@ async def _unclaim(db: StatementRunner, sql: Statements, row: Any, owner: str) -
             exc_info=True,
             extra=log_fields(saga_id=row["saga_id"], saga_name=row["saga_name"], worker_id=owner),
         )
+
+
+async def renew_leases(
+    db: StatementRunner,
+    sql: Statements,
+    owner: str,
+    lease_id: str,
+    saga_ids: Sequence[str],
+    lease: timedelta,
+) -> list[str]:
+    """Extend the live leases ``owner``/``lease_id`` holds; return the ids it still holds."""
+    ids = list(saga_ids)
+    if not ids:
+        return []
+    rows = await db.query(
+        "fetch", sql.renew, owner, lease_id, ids, lease, op="renew", idempotent=True
+    )
+    held = {row["saga_id"] for row in rows}
+    return [saga_id for saga_id in ids if saga_id in held]
+
+
+async def release_lease(
+    db: StatementRunner,
+    sql: Statements,
+    signal: WorkSignal,
+    saga_id: str,
+    owner: str,
+    lease_id: str,
+) -> bool:
+    """Drop the lease if ``owner``/``lease_id`` holds it; return whether it did.
+
+    The statement notifies waiting workers of every process when the saga becomes
+    claimable; this process's waiters are woken directly while nothing listens.
+    """
+    listening = signal.listening
+    row = await db.query(
+        "fetchrow", sql.release, saga_id, owner, lease_id, op="release", saga_id=saga_id
+    )
+    if row is None:
+        return False
+    if row["notified"] and not listening:
+        signal.wake()
+    return True

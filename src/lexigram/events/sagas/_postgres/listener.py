@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -31,7 +32,7 @@ from typing import Any, Final
 from lexigram.events.sagas._logging import log_fields
 from lexigram.events.sagas._postgres.errors import describe
 
-__all__ = ["WorkSignal"]
+__all__ = ["WorkSignal", "check_timeout"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,20 @@ _PING_AFTER: Final = 10.0
 _PING_TIMEOUT: Final = 5.0
 """Seconds the check may take before the connection is given up."""
 _CLOSE_TIMEOUT: Final = 2.0
+
+
+def check_timeout(timeout: object) -> float:
+    """Return ``wait_for_work``'s ``timeout`` as a float.
+
+    Raises:
+        TypeError: ``timeout`` is not a number.
+        ValueError: ``timeout`` is negative, infinite or NaN.
+    """
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+    if not 0 <= timeout < math.inf:
+        raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout}")
+    return float(timeout)
 
 
 Connect = Callable[[], Awaitable[Any]]

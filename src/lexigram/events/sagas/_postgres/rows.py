@@ -2,10 +2,10 @@
 
 A row is the shared codec's JSON document plus columns (see ``sql``). Reading lays the
 store-managed columns (version, ``updated_at``, the lease, ``previous_owner``,
-``recovery_attempts``, the cancel request) over the decoded document, because ``claim``,
-``renew``, ``release`` and ``request_cancel`` change them in SQL without rewriting the
-document; ``not_before`` too (``save`` writes the column with the document, and a row of
-schema version 1 has it in neither).
+``recovery_attempts``, ``not_before``, the cancel request) over the decoded document,
+because ``claim``, ``renew``, ``release``, ``request_cancel``, ``send_signal`` and ``wake``
+change them in SQL without rewriting the document (``save`` writes ``not_before`` with the
+document; a row of schema version 1 has it in neither).
 """
 
 from __future__ import annotations
@@ -17,9 +17,15 @@ from lexigram.events.sagas.codec import EPOCH, decode_record, encode_record
 from lexigram.events.sagas.errors import CorruptRecordError
 from lexigram.events.sagas.types import SagaRecord
 
-__all__ = ["UPDATE_ARGUMENTS", "check_text", "record_from_row", "save_arguments"]
+__all__ = [
+    "UPDATE_ARGUMENTS",
+    "check_text",
+    "correlation_column",
+    "record_from_row",
+    "save_arguments",
+]
 
-UPDATE_ARGUMENTS = 14
+UPDATE_ARGUMENTS = 17
 """How many of :func:`save_arguments` the update statements take."""
 
 
@@ -53,10 +59,13 @@ def record_from_row(row: Any) -> SagaRecord:
 
 
 def save_arguments(record: SagaRecord) -> tuple[Any, ...]:
-    """The ``$1..$16`` arguments of the insert statements for ``record``.
+    """The ``$1..$19`` arguments of the insert statements for ``record``.
 
-    The update statements take the first 14 (:data:`UPDATE_ARGUMENTS`): ``$15``/``$16``,
+    The update statements take the first 17 (:data:`UPDATE_ARGUMENTS`): ``$18``/``$19``,
     the cancel request, are written by an insert only (``request_cancel`` owns them after).
+    ``$15``/``$16`` are the wait's kind and signal (``NULL`` unless the saga is parked),
+    ``$17`` the correlation id's column (:func:`correlation_column`), written by every save
+    because a step may change ``ctx.metadata["correlation_id"]``.
 
     The lease is passed as its length (``lease_expires_at - updated_at``, as the engine
     stamps both from one clock reading); the server adds it to its own ``now()``. A record
@@ -68,6 +77,7 @@ def save_arguments(record: SagaRecord) -> tuple[Any, ...]:
     """
     doc = encode_record(record)
     lease: timedelta | None = None
+    wait = record.waiting
     if (
         record.lease_owner is not None
         and record.lease_expires_at is not None
@@ -89,9 +99,28 @@ def save_arguments(record: SagaRecord) -> tuple[Any, ...]:
         record.recovery_attempts,
         doc,
         record.not_before,
+        None if wait is None else wait.kind,
+        None if wait is None else wait.signal,
+        correlation_column(record.correlation_id),
         record.cancel_requested_at,
         record.cancel_reason,
     )
+
+
+def correlation_column(correlation_id: str) -> str | None:
+    """The ``correlation_id`` column's value for a correlation id: itself, if text can hold it.
+
+    A PostgreSQL text column holds neither NUL nor a lone surrogate; an id holding one is
+    stored as ``NULL`` (``list`` finds such sagas by reading their records).
+    """
+    if "\x00" in correlation_id:
+        return None
+    if not correlation_id.isascii():  # O(1): ASCII, the common case, pays nothing more
+        try:
+            correlation_id.encode()
+        except UnicodeEncodeError:
+            return None
+    return correlation_id
 
 
 def check_text(value: object, what: str, *, stored: bool = False) -> None:

@@ -2,7 +2,8 @@
 
 Kept apart from the store because it changes for other reasons: the store is about what
 each ``SagaStore`` method means in SQL; this module is about connections, outages and the
-retry policy of a single statement (see :meth:`StatementRunner.query`).
+retry policy of a single statement (:meth:`StatementRunner.query`), or of a transaction of
+a few (:meth:`StatementRunner.run`).
 
 - The pool is created on first use when the store was given a DSN (and closed by it), or
   borrowed as given. Owned pools skip asyncpg's per-release reset query, so an operation
@@ -19,8 +20,8 @@ import contextlib
 import inspect
 import logging
 import random
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 
@@ -36,7 +37,7 @@ from lexigram.events.sagas._postgres.schema import ensure_schema
 from lexigram.events.sagas._postgres.sql import Statements
 from lexigram.events.sagas.errors import SagaStoreError, SagaStoreUnavailableError
 
-__all__ = ["Query", "StatementRunner", "pool_arguments"]
+__all__ = ["Query", "StatementRunner", "Work", "pool_arguments"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,11 @@ transaction of its own): for a statement whose custom plans cost more to make th
 """
 
 _GENERIC_PLAN = "SET LOCAL plan_cache_mode = force_generic_plan"
+
+T = TypeVar("T")
+
+Work = Callable[[Any], Awaitable[T]]
+"""What :meth:`StatementRunner.run` does with a pooled asyncpg connection."""
 
 
 async def _keep_session(connection: Any) -> None:
@@ -188,6 +194,11 @@ class StatementRunner:
                 f"cannot connect to PostgreSQL: {type(exc).__name__}: {exc}"
             ) from exc
 
+    @property
+    def timeout(self) -> float | None:
+        """Seconds one statement may take (pass it to each statement a :data:`Work` runs)."""
+        return self._timeout
+
     async def query(
         self,
         kind: Query,
@@ -199,17 +210,42 @@ class StatementRunner:
     ) -> Any:
         """Run one statement on a pooled connection, translating driver errors.
 
-        Deadlocks and serialization failures (the statement was rolled back) are retried a
-        few times. A lost connection is retried once for ``idempotent`` statements (the pool
-        then opens a fresh one); otherwise it raises ``SagaStoreUnavailableError``, since a
-        write may or may not have landed.
+        Retried as :meth:`run` says.
+        """
+        timeout = self._timeout
+
+        async def statement(conn: Any) -> Any:
+            if kind == "fetch_generic":
+                async with conn.transaction():
+                    await conn.execute(_GENERIC_PLAN, timeout=timeout)
+                    return await conn.fetch(sql, *args, timeout=timeout)
+            return await getattr(conn, kind)(sql, *args, timeout=timeout)
+
+        return await self.run(statement, op=op, saga_id=saga_id, idempotent=idempotent)
+
+    async def run(
+        self,
+        work: Work[T],
+        *,
+        op: str,
+        saga_id: str | None = None,
+        idempotent: bool = False,
+    ) -> T:
+        """Run ``work`` on a pooled connection, translating driver errors.
+
+        ``work`` is one statement, or one transaction it opens itself (what it raises
+        rolls the transaction back). Deadlocks and serialization failures (the server
+        rolled it back) are retried a few times. A lost connection is retried once for
+        ``idempotent`` work (the pool then opens a fresh one); otherwise it raises
+        ``SagaStoreUnavailableError``, since a write may or may not have landed. What
+        ``work`` raises that is not a driver error is raised as it is.
         """
         pool = await self.connection_pool()
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await self._run(pool, kind, sql, args)
+                return await self._run(pool, work)
             except RETRYABLE as exc:
                 if attempt >= _CONFLICT_RETRIES:
                     raise self.translate(exc, op, saga_id) from exc
@@ -239,14 +275,10 @@ class StatementRunner:
                     raise
                 raise error from exc
 
-    async def _run(self, pool: Any, kind: Query, sql: str, args: tuple[Any, ...]) -> Any:
+    async def _run(self, pool: Any, work: Work[T]) -> T:
         async with pool.acquire(timeout=self._timeout) as conn:
             try:
-                if kind == "fetch_generic":
-                    async with conn.transaction():
-                        await conn.execute(_GENERIC_PLAN, timeout=self._timeout)
-                        return await conn.fetch(sql, *args, timeout=self._timeout)
-                return await getattr(conn, kind)(sql, *args, timeout=self._timeout)
+                return await work(conn)
             except Exception as exc:
                 if is_unavailable(exc):
                     # Never hand a suspect connection back (a lost one is already detached

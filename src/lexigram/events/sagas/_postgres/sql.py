@@ -1,28 +1,43 @@
 """SQL text of ``PostgresSagaStore``: every statement that reads or writes sagas, for one table.
 
 Kept apart from the store so the statements can be read (and reviewed) in one place; the
-schema (DDL, version, migration) is in ``_postgres.schema``. Only validated identifiers are
-interpolated, always double-quoted (the notification channel, derived from them, is a
-validated identifier too); every value is a ``$n`` parameter.
+schema (DDL, version, migration) is in ``_postgres.schema``, and the operators' reads
+(``list``'s filtered selects, ``counts``) are built in ``_postgres.reads``. Only validated
+identifiers are interpolated, always double-quoted (the notification channel, derived from
+them, is a validated identifier too); every value is a ``$n`` parameter.
 
 Table layout: one row per saga. ``doc`` holds the record as the shared codec's JSON
 document (type ``json``, not ``jsonb``: ``jsonb`` rejects NUL characters, which contexts
 may hold). The other columns are what queries filter, order or update in SQL:
 
-- ``saga_name``, ``status``, ``created_at``, ``completed_at``, ``not_before`` are copies of
-  the document's fields, written by ``save`` together with it (``created_at`` of a record
-  without one is stored as the epoch so ordering needs no ``NULLS`` clause);
+- ``saga_name``, ``status``, ``created_at``, ``completed_at`` are copies of the document's
+  fields, written by ``save`` together with it (``created_at`` of a record without one is
+  stored as the epoch so ordering needs no ``NULLS`` clause); so are ``waiting`` (the
+  kind of the wait of a parked saga) and ``waiting_signal`` (the signal it waits for),
+  which ``list(waiting=)`` and ``send_signal`` read, and ``correlation_id``
+  (``record.correlation_id``, ``NULL`` when text cannot hold it: see
+  ``rows.correlation_column``), which ``list(correlation_id=)`` reads. Every save writes
+  it, as a step may change ``ctx.metadata["correlation_id"]``; rewriting an unchanged
+  value keeps a holder's save a HOT update;
 - ``version``, ``updated_at``, ``lease_owner``, ``lease_id``, ``lease_expires_at``,
-  ``previous_owner``, ``recovery_attempts``, ``cancel_requested_at``, ``cancel_reason`` are
-  the store-managed fields: ``claim``, ``renew``, ``release`` and ``request_cancel`` change
-  them in SQL without rewriting the document, so on reading, these columns are laid over
-  the decoded document (the columns win). ``save`` of an existing saga never writes the two
-  cancel columns: a request stored meanwhile survives the holder's next save.
+  ``previous_owner``, ``recovery_attempts``, ``not_before``, ``cancel_requested_at``,
+  ``cancel_reason`` are the store-managed fields: ``claim``, ``renew``, ``release``,
+  ``request_cancel``, ``send_signal`` and ``wake`` change them in SQL without rewriting
+  the document, so on reading, these columns are laid over the decoded document (the
+  columns win; ``save`` writes ``not_before`` too). ``save`` of an existing saga never
+  writes the two cancel columns: a request stored meanwhile survives the holder's next
+  save;
+- ``signal_seq`` is the ``seq`` of the saga's last signal, written only by ``send_signal``
+  (never by ``save``, never read into the record).
 
-Signals: a write that makes work for another worker (a saga stored live, due and without a
-lease; a lease released; a cancel request) calls ``pg_notify`` on :attr:`Statements.channel`
-in the same statement, so the notification is delivered when, and only if, the write
-commits. Saves of held sagas (``start()``, every step) use statements without it.
+Signals live in ``<table>_signals``, one row per signal, keyed by saga and ``seq``, each
+``signal_id`` once per saga; ``delete`` and ``delete_terminal`` delete them with their saga.
+
+Notifications: a write that makes work for another worker (a saga stored live, due and
+without a lease; a lease released; a cancel request; a signal a parked saga waits for; a
+``wake``) calls ``pg_notify`` on :attr:`Statements.channel` in the same statement, so the
+notification is delivered when, and only if, the write commits. Saves of held sagas
+(``start()``, every step) use statements without it.
 """
 
 from __future__ import annotations
@@ -33,7 +48,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Final
 
-__all__ = ["LIVE", "NO_EXPIRY", "TERMINAL", "Statements", "validate_identifier"]
+__all__ = ["COLUMNS", "LIVE", "NO_EXPIRY", "TERMINAL", "Statements", "validate_identifier"]
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 LIVE: Final = "('pending', 'running', 'compensating')"
@@ -52,7 +67,8 @@ _NAMES = (
     "lease_expires_at, previous_owner, recovery_attempts, not_before, cancel_requested_at, "
     "cancel_reason, doc"
 )
-_COLUMNS = _NAMES.replace("doc", "doc::text AS doc")
+COLUMNS: Final = _NAMES.replace("doc", "doc::text AS doc")
+"""The columns a statement handing out records selects (``rows.record_from_row`` reads them)."""
 _OLD_LEASE = (
     "saga_id, version AS old_version, updated_at AS old_updated_at, "
     "lease_owner AS old_lease_owner, lease_id AS old_lease_id, "
@@ -61,9 +77,10 @@ _OLD_LEASE = (
 )
 _INSERT = """(saga_id, saga_name, status, version, created_at, updated_at, completed_at,
                 lease_owner, lease_id, lease_expires_at, previous_owner, recovery_attempts,
-                doc, not_before, cancel_requested_at, cancel_reason)
+                doc, not_before, waiting, waiting_signal, correlation_id,
+                cancel_requested_at, cancel_reason)
             VALUES ($1, $3, $4, $2::bigint + 1, $5, $6, $7, $8, $9, now() + $10::interval,
-                $11, $12, $13::text::json, $14, $15, $16)
+                $11, $12, $13::text::json, $14, $15, $16, $17, $18, $19)
             ON CONFLICT (saga_id) DO NOTHING"""
 # A save by the lease's holder keeps the stored expiry while at least 90% of the lease is
 # left, instead of moving it forward by a few milliseconds: the expiry is indexed (claims
@@ -81,7 +98,7 @@ _UPDATE = f"""SET saga_name = $3, status = $4,
                         AND lease_expires_at >= now() + $10::interval * {_KEEP_LEASE}
                     THEN lease_expires_at ELSE now() + $10::interval END,
                 previous_owner = $11, recovery_attempts = $12, doc = $13::text::json,
-                not_before = $14
+                not_before = $14, waiting = $15, waiting_signal = $16, correlation_id = $17
             WHERE saga_id = $1 AND version = $2"""
 
 
@@ -115,6 +132,11 @@ class Statements:
     def qualified(self) -> str:
         """The quoted ``"schema"."table"``."""
         return f'"{self.schema}"."{self.table}"'
+
+    @cached_property
+    def signals(self) -> str:
+        """The quoted table of signals (``<table>_signals``)."""
+        return f'"{self.schema}"."{self.table}_signals"'
 
     @cached_property
     def meta(self) -> str:
@@ -195,35 +217,28 @@ class Statements:
     @cached_property
     def load(self) -> str:
         """One saga by id."""
-        return f"SELECT {_COLUMNS} FROM {self.qualified} WHERE saga_id = $1"
-
-    def select(self, *, by_name: bool, by_status: bool) -> str:
-        """Newest first, optionally filtered; ``$1`` is the limit (``NULL``: no limit)."""
-        filters = []
-        if by_name:
-            filters.append("saga_name = $2")
-        if by_status:
-            filters.append(f"status = ${2 + by_name}")
-        where = f" WHERE {' AND '.join(filters)}" if filters else ""
-        return (
-            f"SELECT {_COLUMNS} FROM {self.qualified}{where} "
-            "ORDER BY created_at DESC, saga_id DESC LIMIT $1"
-        )
+        return f"SELECT {COLUMNS} FROM {self.qualified} WHERE saga_id = $1"
 
     @cached_property
     def delete(self) -> str:
-        """Delete one saga; returns a row if it existed."""
+        """Delete one saga; returns a row if it existed (then :attr:`delete_signals`)."""
         return f"DELETE FROM {self.qualified} WHERE saga_id = $1 RETURNING true"
 
     @cached_property
     def delete_terminal(self) -> str:
-        """Delete up to ``$2`` terminal sagas completed before ``$1``."""
+        """Delete up to ``$2`` terminal sagas completed before ``$1``; returns their ids."""
         t = self.qualified
         return f"""DELETE FROM {t} WHERE saga_id IN (
                 SELECT saga_id FROM {t}
                 WHERE status IN {TERMINAL} AND completed_at < $1
                 ORDER BY completed_at LIMIT $2
-                FOR UPDATE SKIP LOCKED)"""
+                FOR UPDATE SKIP LOCKED)
+            RETURNING saga_id"""
+
+    @cached_property
+    def delete_signals(self) -> str:
+        """Delete the signals of the sagas ``$1`` (an array of ids)."""
+        return f"DELETE FROM {self.signals} WHERE saga_id = ANY($1::text[])"
 
     # ------------------------------------------------------------------ leases
 
@@ -370,10 +385,10 @@ class Statements:
         return f"""WITH asked AS (
                 UPDATE {t} SET cancel_requested_at = now(), cancel_reason = $2
                 WHERE saga_id = $1 AND status IN {LIVE} AND cancel_requested_at IS NULL
-                RETURNING {_COLUMNS}, {self._notify("true")} AS notified)
+                RETURNING {COLUMNS}, {self._notify("true")} AS notified)
             SELECT {_NAMES}, notified AS asked FROM asked
             UNION ALL
-            SELECT {_COLUMNS}, false AS asked FROM {t}
+            SELECT {COLUMNS}, false AS asked FROM {t}
             WHERE saga_id = $1 AND NOT EXISTS (SELECT FROM asked)"""
 
     @cached_property
@@ -382,3 +397,51 @@ class Statements:
         return f"""SELECT saga_id, coalesce(cancel_reason, '') AS reason FROM {self.qualified}
             WHERE lease_owner = $1 AND lease_id = $2 AND cancel_requested_at IS NOT NULL
                 AND status IN {LIVE}"""
+
+    # ------------------------------------------------------------------ signals
+
+    @cached_property
+    def _parked_for(self) -> str:
+        """The saga is free, live and parked waiting for the signal named ``$2``."""
+        return f"status IN {LIVE} AND lease_owner IS NULL AND waiting_signal = $2"
+
+    @cached_property
+    def take_signal_seq(self) -> str:
+        """Lock the saga ``$1`` and take its next signal ``seq``; a row unless there is none.
+
+        The row lock makes the senders of one saga's signals commit one after the other,
+        so ``seq`` order is commit order. A saga parked for the signal ``$2`` becomes due
+        now (and waiting workers are notified on commit), decided on the row version the
+        lock holds: a worker parking the saga at the same time either parked first (this
+        statement sees it) or waits for the lock and then finds the signal stored.
+        Returns ``status`` so the caller can refuse a finished saga (rolling back).
+        """
+        return f"""UPDATE {self.qualified} SET signal_seq = signal_seq + 1,
+                not_before = CASE WHEN {self._parked_for} THEN now() ELSE not_before END
+            WHERE saga_id = $1
+            RETURNING signal_seq, status, {self._notify(self._parked_for)} AS notified"""
+
+    @cached_property
+    def insert_signal(self) -> str:
+        """Store the signal ``$2`` (``seq``) of the saga ``$1``; a row unless its id exists.
+
+        ``$3`` name, ``$4`` signal id, ``$5`` payload (JSON text); ``sent_at`` is ``now()``.
+        """
+        return f"""INSERT INTO {self.signals} (saga_id, seq, name, signal_id, payload, sent_at)
+            VALUES ($1, $2, $3, $4, $5::text::json, now())
+            ON CONFLICT (saga_id, signal_id) DO NOTHING
+            RETURNING sent_at"""
+
+    @cached_property
+    def next_signal(self) -> str:
+        """The saga ``$1``'s first signal named ``$2`` with a ``seq`` above ``$3``."""
+        return f"""SELECT seq, signal_id, payload::text AS payload, sent_at FROM {self.signals}
+            WHERE saga_id = $1 AND name = $2 AND seq > $3
+            ORDER BY seq LIMIT 1"""
+
+    @cached_property
+    def wake(self) -> str:
+        """Make the free, live saga ``$1`` due now and notify waiting workers (on commit)."""
+        return f"""UPDATE {self.qualified} SET not_before = now()
+            WHERE saga_id = $1 AND lease_owner IS NULL AND status IN {LIVE}
+            RETURNING {self._notify("true")} AS notified"""

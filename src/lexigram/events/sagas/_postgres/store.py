@@ -22,25 +22,29 @@ How it keeps the store contract (see ``SagaStore``):
 - **Claims** take a batch with ``FOR UPDATE SKIP LOCKED`` in one statement, oldest first
   (``not_before``, else ``created_at``), reading partial indexes of live sagas that hold
   neither finished sagas nor those leased to live workers (``_postgres.claims``).
-- **Signals**: a write that makes work (a saga stored free and due, a release, a cancel
-  request) notifies the table's channel in the same statement; ``wait_for_work`` listens
-  on a connection of its own (``_postgres.listener``). Saves of held sagas send nothing.
+- **Wake-ups**: a write that makes work (a saga stored free and due, a release, a cancel
+  request, a signal or ``wake`` making a parked saga due) notifies the table's channel in
+  the same statement; ``wait_for_work`` listens on a connection of its own
+  (``_postgres.listener``). Saves of held sagas send nothing.
+- **Durable waits**: signals live in a table of their own, so sending one never conflicts
+  with the holder's writes; ``send_signal`` (and ``delete``, which deletes a saga's signals
+  with it) is one transaction of two statements (``_postgres.signals``).
 - **Transactional enqueue**: ``save_in`` inserts through the caller's connection and
   transaction (``_postgres.enqueue``).
 - **Scale-out**: every operation but claiming (and ``delete_terminal``'s cleanup batch)
-  touches one saga's row by primary key.
+  touches one saga's row by primary key; ``list`` reads an index for each of its filters
+  (``_postgres.reads``).
 
 The table layout and the rule for which column or document field wins are described in
-``_postgres.sql``; the schema, its indexes and the migration from version 1 in
+``_postgres.sql``; the schema, its indexes and the migration from versions 1 and 2 in
 ``_postgres.schema`` (created or migrated on first use, or by ``open()``, under an advisory
-lock, so workers may start together). The pool and the retry policy of one statement live
-in ``_postgres.runner``.
+lock, so workers may start together). The pool and the retry policy of one statement (or
+transaction) live in ``_postgres.runner``.
 """
 
 from __future__ import annotations
 
 import builtins
-import math
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import partial
@@ -49,26 +53,18 @@ from typing import Any, Self
 
 import asyncpg
 
-from lexigram.events.sagas._postgres import requests
-from lexigram.events.sagas._postgres.claims import claim_sagas
+from lexigram.events.sagas._postgres import claims, requests, signals
 from lexigram.events.sagas._postgres.coalesce import NotifyCoalescer
 from lexigram.events.sagas._postgres.dsn import connect_arguments, is_url
 from lexigram.events.sagas._postgres.enqueue import insert_in, notify, save_unheld
-from lexigram.events.sagas._postgres.listener import WorkSignal
-from lexigram.events.sagas._postgres.reads import list_records
-from lexigram.events.sagas._postgres.rows import (
-    UPDATE_ARGUMENTS,
-    record_from_row,
-    save_arguments,
-)
+from lexigram.events.sagas._postgres.listener import WorkSignal, check_timeout
+from lexigram.events.sagas._postgres.reads import Reads
+from lexigram.events.sagas._postgres.rows import UPDATE_ARGUMENTS, record_from_row, save_arguments
 from lexigram.events.sagas._postgres.runner import StatementRunner, pool_arguments
 from lexigram.events.sagas._postgres.sql import Statements, validate_identifier
-from lexigram.events.sagas.config import check_list_limit
-from lexigram.events.sagas.errors import (
-    ConcurrencyConflictError,
-    SagaStoreUnavailableError,
-)
-from lexigram.events.sagas.types import SagaRecord, SagaStatus
+from lexigram.events.sagas.config import check_list_limit, check_list_offset
+from lexigram.events.sagas.errors import ConcurrencyConflictError, SagaStoreUnavailableError
+from lexigram.events.sagas.types import SagaRecord, SagaSignal, SagaStatus
 
 __all__ = ["PostgresSagaStore"]
 
@@ -150,11 +146,7 @@ class PostgresSagaStore:
         )
         self._signal = WorkSignal(self._sql.channel, self._db.connect_apart, label=repr(self))
         self._coalescer = NotifyCoalescer(partial(notify, self._db, self._sql.channel))
-        self._select = {
-            (by_name, by_status): self._sql.select(by_name=by_name, by_status=by_status)
-            for by_name in (False, True)
-            for by_status in (False, True)
-        }
+        self._reads = Reads(self._db, self._sql)
 
     def __repr__(self) -> str:
         return f"PostgresSagaStore(table={self._sql.qualified!r})"  # never the DSN
@@ -303,7 +295,7 @@ class PostgresSagaStore:
 
         Unreadable rows are logged (``ERROR``, naming the saga) and skipped.
         """
-        return await self._list(saga_name, None, None)
+        return await self._reads.list(saga_name=saga_name)
 
     async def list(
         self,
@@ -311,35 +303,47 @@ class PostgresSagaStore:
         saga_name: str | None = None,
         status: SagaStatus | None = None,
         limit: int = 100,
+        waiting: bool | None = None,
+        correlation_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        offset: int = 0,
     ) -> builtins.list[SagaRecord]:
         """Return up to ``limit`` readable sagas matching the filters, newest first.
 
-        Unreadable rows are logged (``ERROR``, naming the saga) and skipped; ``load`` still
-        raises ``CorruptRecordError`` for them.
+        The filters are ``SagaStore.list``'s, each read from an index (parked sagas from
+        one holding only them); ``offset`` is SQL ``OFFSET`` (see ``_postgres.reads``).
+        Unreadable rows are logged (``ERROR``, naming the saga) and skipped; ``load``
+        still raises ``CorruptRecordError`` for them.
 
         Raises:
-            TypeError: ``limit`` is not an int.
-            ValueError: ``limit`` is negative or above ``config.MAX_LIST_LIMIT``.
+            TypeError: ``limit`` or ``offset`` is not an int, ``correlation_id`` not a
+                str, or a time not a timezone-aware datetime.
+            ValueError: ``limit`` or ``offset`` is negative or above
+                ``config.MAX_LIST_LIMIT``.
         """
-        return await self._list(saga_name, status, check_list_limit(limit))
+        return await self._reads.list(
+            saga_name=saga_name,
+            status=status,
+            waiting=waiting,
+            correlation_id=correlation_id,
+            created_after=created_after,
+            created_before=created_before,
+            limit=check_list_limit(limit),
+            offset=check_list_offset(offset),
+        )
 
-    async def _list(
-        self, saga_name: str | None, status: SagaStatus | None, limit: int | None
-    ) -> builtins.list[SagaRecord]:
-        args: builtins.list[Any] = []
-        if saga_name is not None:
-            args.append(saga_name)
-        if status is not None:
-            args.append(SagaStatus(status).value)
-        statement = self._select[saga_name is not None, status is not None]
-        return await list_records(self._db, statement, args, limit)
+    async def counts(self, *, saga_name: str | None = None) -> dict[str, int]:
+        """Count the sagas (of ``saga_name``, or all) by status, and the parked ones.
+
+        One statement, reading every saga (of the name) once. Returns ``{status value:
+        count}`` for every status (zeros included) and ``"waiting"``: the live parked.
+        """
+        return await self._reads.counts(saga_name)
 
     async def delete(self, saga_id: str) -> bool:
-        """Delete the saga; return whether it existed."""
-        found = await self._db.query(
-            "fetchval", self._sql.delete, saga_id, op="delete", saga_id=saga_id
-        )
-        return found is not None
+        """Delete the saga and its signals (one transaction); return whether it existed."""
+        return await signals.delete_saga(self._db, self._sql, saga_id)
 
     async def claim(
         self,
@@ -362,56 +366,30 @@ class PostgresSagaStore:
         Raises:
             TypeError: ``saga_names`` or ``exclude`` is a str (a collection is needed).
         """
-        for value, what in ((saga_names, "saga_names"), (exclude, "exclude")):
-            if isinstance(value, str):
-                raise TypeError(f"{what} must be a collection of str, not a str")
-        names = builtins.list(dict.fromkeys(saga_names))
-        passed_over = builtins.list(exclude)
-        if not names or limit <= 0 or (saga_id is not None and saga_id in passed_over):
-            return []
-        return await claim_sagas(
+        return await claims.claim_sagas(
             self._db,
             self._sql,
             owner,
             lease_id,
             lease=timedelta(seconds=lease_seconds),
-            names=names,
+            saga_names=saga_names,
             limit=limit,
             saga_id=saga_id,
-            exclude=passed_over,
+            exclude=exclude,
         )
 
     async def renew(
         self, owner: str, lease_id: str, saga_ids: Sequence[str], *, lease_seconds: float
     ) -> builtins.list[str]:
         """Extend the leases this worker still holds; return the ids it still holds."""
-        ids = builtins.list(saga_ids)
-        if not ids:
-            return []
-        rows = await self._db.query(
-            "fetch",
-            self._sql.renew,
-            owner,
-            lease_id,
-            ids,
-            timedelta(seconds=lease_seconds),
-            op="renew",
-            idempotent=True,
-        )
-        held = {row["saga_id"] for row in rows}
-        return [saga_id for saga_id in ids if saga_id in held]
+        lease = timedelta(seconds=lease_seconds)
+        return await claims.renew_leases(self._db, self._sql, owner, lease_id, saga_ids, lease)
 
     async def release(self, saga_id: str, owner: str, lease_id: str) -> bool:
         """Drop this worker's lease on a saga; return whether it held it. Wakes workers."""
-        listening = self._signal.listening
-        row = await self._db.query(
-            "fetchrow", self._sql.release, saga_id, owner, lease_id, op="release", saga_id=saga_id
+        return await claims.release_lease(
+            self._db, self._sql, self._signal, saga_id, owner, lease_id
         )
-        if row is None:
-            return False
-        if row["notified"] and not listening:
-            self._signal.wake()
-        return True
 
     async def request_cancel(self, saga_id: str, reason: str) -> SagaRecord | None:
         """Store a request to cancel the saga; return its record (``None``: no such saga).
@@ -457,19 +435,62 @@ class PostgresSagaStore:
             ValueError: ``timeout`` is negative, infinite or NaN.
             SagaStoreUnavailableError: the store is closed.
         """
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
-        if not 0 <= timeout < math.inf:
-            raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout}")
+        seconds = check_timeout(timeout)
         if self._db.closed:
             raise SagaStoreUnavailableError(f"wait_for_work: {self!r} is closed")
-        return await self._signal.wait(float(timeout))
+        return await self._signal.wait(seconds)
 
     async def delete_terminal(self, *, before: datetime, limit: int = 1000) -> int:
-        """Delete up to ``limit`` terminal sagas completed before ``before``; return how many."""
-        if limit <= 0:
-            return 0
-        status = await self._db.query(
-            "execute", self._sql.delete_terminal, before, limit, op="delete_terminal"
+        """Delete up to ``limit`` terminal sagas completed before ``before``; return how many.
+
+        Their signals are deleted in the same transaction.
+        """
+        return await signals.delete_terminal(self._db, self._sql, before, limit)
+
+    # ------------------------------------------------------------------ durable waits
+
+    async def send_signal(
+        self, saga_id: str, name: str, payload: dict[str, Any], signal_id: str
+    ) -> bool:
+        """Store a signal for the saga; return ``False`` if ``signal_id`` was stored before.
+
+        One transaction (see ``_postgres.signals``): the signal gets the saga's next
+        ``seq`` (senders of one saga commit in ``seq`` order) and the server's ``now()``
+        as ``sent_at``; a saga free and parked for this signal becomes due now, and
+        waiting workers of every process are notified on commit. Version, lease and
+        document stay as they are. A duplicate ``signal_id`` is reported before the
+        saga's status is looked at.
+
+        Raises:
+            TypeError: ``saga_id``, ``name`` or ``signal_id`` is not a str.
+            ValueError: ``name`` or ``signal_id`` holds NUL or a lone surrogate.
+            SagaDataError: the payload is not a JSON object a store can hold (nothing is
+                sent to the server).
+            SagaNotFoundError: no such saga.
+            SagaFinishedError: the saga is terminal (nothing was stored).
+            SagaStoreUnavailableError: the server cannot be reached; the signal may or may
+                not have been stored (sending it again with its id is safe).
+        """
+        return await signals.send_signal(
+            self._db, self._sql, self._signal, saga_id, name, payload, signal_id
         )
-        return int(status.split()[-1])
+
+    async def next_signal(self, saga_id: str, name: str, after: int) -> SagaSignal | None:
+        """Return the saga's first signal ``name`` whose ``seq`` is above ``after``.
+
+        Raises:
+            TypeError: ``saga_id`` or ``name`` is not a str, or ``after`` is not an int.
+            CorruptRecordError: the stored payload is not a JSON object.
+        """
+        return await signals.next_signal(self._db, self._sql, saga_id, name, after)
+
+    async def wake(self, saga_id: str) -> bool:
+        """Make a free, live saga due now (``not_before`` = now); return whether it was.
+
+        One statement; version, lease and document stay as they are. Waiting workers of
+        every process are notified on commit.
+
+        Raises:
+            TypeError: ``saga_id`` is not a str.
+        """
+        return await signals.wake(self._db, self._sql, self._signal, saga_id)
