@@ -330,3 +330,41 @@ def test_decode_error_never_contains_payload() -> None:
     with pytest.raises(CorruptRecordError) as info:
         decode_record(json.dumps(doc))
     assert "TOP-SECRET" not in str(info.value)
+
+
+def test_documents_leave_out_defaults_but_never_inside_user_values() -> None:
+    """Default-valued keys are left out (smaller rows); user data keeps every key."""
+    from lexigram.events.sagas.codec import dump_record, load_record
+    from lexigram.events.sagas.types import SagaRecord, SagaStepRecord
+
+    record = SagaRecord(
+        saga_id="s-1",
+        saga_name="orders",
+        data={"zero": 0, "none": None, "empty": [], "nested": {"n": None}},
+        metadata={"correlation_id": "c"},
+    )
+    record.steps["a"] = SagaStepRecord("a", output={"count": 0})
+    doc = dump_record(record)
+    assert "error" not in doc
+    assert "failure" not in doc
+    assert "cancel_reason" not in doc
+    assert doc["version"] == 0
+    assert doc["data"] == {"zero": 0, "none": None, "empty": [], "nested": {"n": None}}
+    (step,) = doc["steps"]
+    assert "attempt_errors" not in step
+    assert step["output"] == {"count": 0}
+    again = load_record(doc)
+    assert again == record
+    assert again.steps["a"].attempt_errors is not load_record(doc).steps["a"].attempt_errors
+
+
+def test_a_document_with_every_key_still_loads() -> None:
+    """Documents written before defaults were left out (every key present) read the same."""
+    from lexigram.events.sagas.codec import dump_record, load_record
+    from lexigram.events.sagas.testing.contract import full_record
+
+    record = full_record("s-1")
+    doc = dump_record(record)
+    full = {**doc, "error": None, "lease_owner": None, "redrives": 0, "waiting": None}
+    assert load_record(full).saga_id == "s-1"
+    assert load_record(doc) == record

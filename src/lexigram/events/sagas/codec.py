@@ -105,57 +105,83 @@ def parse_time(value: object, field: str, saga_id: str | None = None) -> datetim
     )
 
 
-def _step_to_json(step: SagaStepRecord) -> dict[str, Any]:
+_ALWAYS = frozenset({"v", "saga_id", "saga_name", "status", "version", "step_name"})
+"""Document keys written even at their default value (every other default is left out)."""
+
+
+def _compact(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` without the keys whose value is the default a reader fills in.
+
+    ``None``, ``0``, ``[]`` and ``{}`` are left out (halving a typical document): the
+    reader gives a missing key that value. Only the record's and steps' own keys are
+    compacted, never what is inside user data, metadata or outputs.
+    """
     return {
-        "step_name": step.step_name,
-        "status": step.status.value,
-        "started_at": format_time(step.started_at),
-        "completed_at": format_time(step.completed_at),
-        "output": step.output,
-        "error": step.error,
-        "attempts": step.attempts,
-        "attempt_errors": step.attempt_errors,
-        "compensation_attempts": step.compensation_attempts,
-        "compensation_error": step.compensation_error,
-        "compensated_at": format_time(step.compensated_at),
-        "completion_seq": step.completion_seq,
-        "visits": step.visits,
-        "parent": step.parent,
-        "signal_seq": step.signal_seq,
-        "signal_visit": step.signal_visit,
+        key: value
+        for key, value in doc.items()
+        if key in _ALWAYS or not (value is None or value == 0 or value == [] or value == {})
     }
+
+
+def _step_to_json(step: SagaStepRecord) -> dict[str, Any]:
+    return _compact(
+        {
+            "step_name": step.step_name,
+            "status": step.status.value,
+            "started_at": format_time(step.started_at),
+            "completed_at": format_time(step.completed_at),
+            "output": step.output,
+            "error": step.error,
+            "attempts": step.attempts,
+            "attempt_errors": step.attempt_errors,
+            "compensation_attempts": step.compensation_attempts,
+            "compensation_error": step.compensation_error,
+            "compensated_at": format_time(step.compensated_at),
+            "completion_seq": step.completion_seq,
+            "visits": step.visits,
+            "parent": step.parent,
+            "signal_seq": step.signal_seq,
+            "signal_visit": step.signal_visit,
+        }
+    )
 
 
 def dump_record(record: SagaRecord) -> dict[str, Any]:
-    """Return ``record`` as a JSON-ready dict (the shared document shape)."""
-    return {
-        "v": FORMAT_VERSION,
-        "saga_id": record.saga_id,
-        "saga_name": record.saga_name,
-        "status": record.status.value,
-        "data": record.data,
-        "steps": [_step_to_json(step) for step in record.steps.values()],
-        "created_at": format_time(record.created_at),
-        "updated_at": format_time(record.updated_at),
-        "completed_at": format_time(record.completed_at),
-        "error": record.error,
-        "version": record.version,
-        "metadata": record.metadata,
-        "deadline_at": format_time(record.deadline_at),
-        "current_step": record.current_step,
-        "transitions": record.transitions,
-        "lease_owner": record.lease_owner,
-        "lease_id": record.lease_id,
-        "lease_expires_at": format_time(record.lease_expires_at),
-        "previous_owner": record.previous_owner,
-        "recovery_attempts": record.recovery_attempts,
-        "failure": _failure_to_json(record.failure),
-        "not_before": format_time(record.not_before),
-        "cancel_requested_at": format_time(record.cancel_requested_at),
-        "cancel_reason": record.cancel_reason,
-        "redrives": record.redrives,
-        "waiting": _wait_to_json(record.waiting),
-    }
+    """Return ``record`` as a JSON-ready dict (the shared document shape).
+
+    Keys at their default (``None``, ``0``, empty) are left out; :func:`load_record`
+    reads a missing key as its default, and reads documents that have every key alike.
+    """
+    return _compact(
+        {
+            "v": FORMAT_VERSION,
+            "saga_id": record.saga_id,
+            "saga_name": record.saga_name,
+            "status": record.status.value,
+            "data": record.data,
+            "steps": [_step_to_json(step) for step in record.steps.values()],
+            "created_at": format_time(record.created_at),
+            "updated_at": format_time(record.updated_at),
+            "completed_at": format_time(record.completed_at),
+            "error": record.error,
+            "version": record.version,
+            "metadata": record.metadata,
+            "deadline_at": format_time(record.deadline_at),
+            "current_step": record.current_step,
+            "transitions": record.transitions,
+            "lease_owner": record.lease_owner,
+            "lease_id": record.lease_id,
+            "lease_expires_at": format_time(record.lease_expires_at),
+            "previous_owner": record.previous_owner,
+            "recovery_attempts": record.recovery_attempts,
+            "failure": _failure_to_json(record.failure),
+            "not_before": format_time(record.not_before),
+            "cancel_requested_at": format_time(record.cancel_requested_at),
+            "cancel_reason": record.cancel_reason,
+            "redrives": record.redrives,
+            "waiting": _wait_to_json(record.waiting),
+        }
+    )
 
 
 def _wait_to_json(wait: SagaWait | None) -> dict[str, Any] | None:
@@ -250,7 +276,7 @@ def _field(
 ) -> Any:
     """Read field ``name``; with ``default``, a document without the key reads as that."""
     if default is not _ABSENT and name not in doc:
-        return default
+        return type(default)() if isinstance(default, list | dict) else default
     value = doc.get(name)
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in _as_tuple(kinds)):
         raise CorruptRecordError(
@@ -285,7 +311,7 @@ def _step_from_json(raw: object, saga_id: str | None) -> SagaStepRecord:
         raise CorruptRecordError(
             "saga record 'steps' holds a non-object", saga_id=saga_id, field="steps"
         )
-    errors = _field(raw, "attempt_errors", list, saga_id)
+    errors = _field(raw, "attempt_errors", list, saga_id, default=[])
     if not all(isinstance(item, str) for item in errors):
         raise CorruptRecordError(
             "saga record field 'attempt_errors' must hold strings",
@@ -297,16 +323,16 @@ def _step_from_json(raw: object, saga_id: str | None) -> SagaStepRecord:
         status=_status(SagaStepStatus, raw.get("status"), "steps.status", saga_id),
         started_at=parse_time(raw.get("started_at"), "steps.started_at", saga_id),
         completed_at=parse_time(raw.get("completed_at"), "steps.completed_at", saga_id),
-        output=_field(raw, "output", dict, saga_id),
-        error=_field(raw, "error", _OPT_STR, saga_id),
-        attempts=_field(raw, "attempts", int, saga_id),
+        output=_field(raw, "output", dict, saga_id, default={}),
+        error=_field(raw, "error", _OPT_STR, saga_id, default=None),
+        attempts=_field(raw, "attempts", int, saga_id, default=0),
         attempt_errors=errors,
-        compensation_attempts=_field(raw, "compensation_attempts", int, saga_id),
-        compensation_error=_field(raw, "compensation_error", _OPT_STR, saga_id),
+        compensation_attempts=_field(raw, "compensation_attempts", int, saga_id, default=0),
+        compensation_error=_field(raw, "compensation_error", _OPT_STR, saga_id, default=None),
         compensated_at=parse_time(raw.get("compensated_at"), "steps.compensated_at", saga_id),
-        completion_seq=_field(raw, "completion_seq", _OPT_INT, saga_id),
-        visits=_field(raw, "visits", int, saga_id),
-        parent=_field(raw, "parent", _OPT_STR, saga_id),
+        completion_seq=_field(raw, "completion_seq", _OPT_INT, saga_id, default=None),
+        visits=_field(raw, "visits", int, saga_id, default=0),
+        parent=_field(raw, "parent", _OPT_STR, saga_id, default=None),
         signal_seq=_field(raw, "signal_seq", _OPT_INT, saga_id, default=None),
         signal_visit=_field(raw, "signal_visit", int, saga_id, default=0),
     )
@@ -333,7 +359,7 @@ def load_record(doc: object, *, saga_id: str | None = None) -> SagaRecord:
         raise CorruptRecordError(
             "saga record holds a different saga_id than its key", saga_id=saga_id, field="saga_id"
         )
-    steps_raw = _field(doc, "steps", list, own_id)
+    steps_raw = _field(doc, "steps", list, own_id, default=[])
     steps: dict[str, SagaStepRecord] = {}
     for raw in steps_raw:
         step = _step_from_json(raw, own_id)
@@ -342,22 +368,22 @@ def load_record(doc: object, *, saga_id: str | None = None) -> SagaRecord:
         saga_id=own_id,
         saga_name=_field(doc, "saga_name", str, own_id),
         status=_status(SagaStatus, doc.get("status"), "status", own_id),
-        data=_field(doc, "data", dict, own_id),
+        data=_field(doc, "data", dict, own_id, default={}),
         steps=steps,
         created_at=parse_time(doc.get("created_at"), "created_at", own_id),
         updated_at=parse_time(doc.get("updated_at"), "updated_at", own_id),
         completed_at=parse_time(doc.get("completed_at"), "completed_at", own_id),
-        error=_field(doc, "error", _OPT_STR, own_id),
+        error=_field(doc, "error", _OPT_STR, own_id, default=None),
         version=_field(doc, "version", int, own_id),
-        metadata=_field(doc, "metadata", dict, own_id),
+        metadata=_field(doc, "metadata", dict, own_id, default={}),
         deadline_at=parse_time(doc.get("deadline_at"), "deadline_at", own_id),
-        current_step=_field(doc, "current_step", _OPT_STR, own_id),
-        transitions=_field(doc, "transitions", int, own_id),
-        lease_owner=_field(doc, "lease_owner", _OPT_STR, own_id),
-        lease_id=_field(doc, "lease_id", _OPT_STR, own_id),
+        current_step=_field(doc, "current_step", _OPT_STR, own_id, default=None),
+        transitions=_field(doc, "transitions", int, own_id, default=0),
+        lease_owner=_field(doc, "lease_owner", _OPT_STR, own_id, default=None),
+        lease_id=_field(doc, "lease_id", _OPT_STR, own_id, default=None),
         lease_expires_at=parse_time(doc.get("lease_expires_at"), "lease_expires_at", own_id),
-        previous_owner=_field(doc, "previous_owner", _OPT_STR, own_id),
-        recovery_attempts=_field(doc, "recovery_attempts", int, own_id),
+        previous_owner=_field(doc, "previous_owner", _OPT_STR, own_id, default=None),
+        recovery_attempts=_field(doc, "recovery_attempts", int, own_id, default=0),
         failure=_failure_from_json(doc.get("failure"), own_id),
         # Added after format 1 was first written: a document without them reads as none.
         not_before=parse_time(doc.get("not_before"), "not_before", own_id),
