@@ -108,3 +108,26 @@ async def test_close_stops_start_on_listening() -> None:
     await manager.close()
     assert (await bus.publish(OrderPlaced(order_id="o-1"))).is_ok()
     assert await manager.list() == []
+
+
+async def test_start_on_stores_an_event_with_a_time_field_as_iso_text() -> None:
+    """An event's ``datetime`` fields become ISO text in the saga's data (JSON only)."""
+    from datetime import UTC, datetime
+
+    from lexigram.events import DomainEvent
+
+    class Shipped(DomainEvent):
+        order_id: str
+        shipped_at: datetime
+
+    bus = InMemoryEventBus()
+    manager = manager_for(Script(), config=FAST, event_bus=bus)
+    manager.start_on(Shipped, "scripted")
+    event = Shipped(order_id="o-9", shipped_at=datetime(2026, 12, 2, 9, 30, tzinfo=UTC))
+    result = await bus.publish(event)
+    assert result.is_ok()
+    record = await manager.wait(f"scripted:{event.event_id}", timeout=WAIT)
+    assert record.status is P.COMPLETED
+    assert record.data["order_id"] == "o-9"
+    assert record.data["shipped_at"] == "2026-12-02T09:30:00+00:00"
+    await manager.close()

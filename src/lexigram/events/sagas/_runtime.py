@@ -394,7 +394,7 @@ class SagaRuntime(ServiceAPI, ControlAPI, SignalAPI):
             event_type: The event class to react to (subclasses included).
             saga_name: A registered saga.
             data: The saga's data: a dict, a function of the event, or (by default) the
-                event's own fields.
+                event's own fields (times as ISO 8601 text).
             saga_id: A function of the event giving the saga id; by default
                 ``"<saga_name>:<event_id>"``, so one event starts one saga however often
                 it is delivered.

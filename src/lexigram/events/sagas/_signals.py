@@ -15,7 +15,7 @@ from typing import Any
 
 from lexigram.events._domain import DomainEvent
 from lexigram.events.sagas._engine.flow import MAX_SIGNAL_NAME, is_signal_name
-from lexigram.events.sagas._subscriptions import Subscriptions
+from lexigram.events.sagas._subscriptions import Subscriptions, event_fields
 from lexigram.events.sagas.codec import check_data, check_saga_id
 from lexigram.events.sagas.errors import SagaError
 from lexigram.events.sagas.store import SagaStore
@@ -146,16 +146,8 @@ def _signaller(
         target = saga_id(event)
         if target is None:
             return
-        body = payload(event) if payload is not None else _fields(event)
+        body = payload(event) if payload is not None else event_fields(event)
         chosen = signal_id(event) if signal_id is not None else event.event_id
         await send(target, name, body, signal_id=chosen)
 
     return handler
-
-
-def _fields(event: DomainEvent) -> dict[str, Any]:
-    """An event's own fields as a JSON object (times as ISO text)."""
-    fields: dict[str, Any] = {}
-    for key, value in event.to_dict().items():
-        fields[key] = value.isoformat() if hasattr(value, "isoformat") else value
-    return fields

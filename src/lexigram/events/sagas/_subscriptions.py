@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
 from lexigram.events._bus import EventBusProtocol
 from lexigram.events._domain import DomainEvent
 
-__all__ = ["Subscriptions", "starter"]
+__all__ = ["Subscriptions", "event_fields", "starter"]
 
 
 @dataclass(slots=True)
@@ -65,8 +66,16 @@ def starter(
         elif data is not None:
             payload = data
         else:
-            payload = event.to_dict()
+            payload = event_fields(event)
         chosen = saga_id(event) if saga_id is not None else f"{saga_name}:{event.event_id}"
         await start(saga_name, payload, chosen)
 
     return handler
+
+
+def event_fields(event: DomainEvent) -> dict[str, Any]:
+    """An event's own fields as a JSON object: times (and dates) as ISO 8601 text."""
+    fields: dict[str, Any] = {}
+    for key, value in event.to_dict().items():
+        fields[key] = value.isoformat() if isinstance(value, datetime | date) else value
+    return fields
