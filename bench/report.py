@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench import report_service
+from bench import report_service, report_waits
 
 SYSTEM_NAMES = {
     "lexigram": "lexigram",
@@ -73,6 +73,7 @@ def aggregate(raw: list[dict[str, Any]]) -> Results:
             "ratio",
             "n",
             *report_service.FIELDS,
+            *report_waits.FIELDS,
         ):
             values = [float(r[field]) for r in rows if field in r]
             if values:
@@ -280,7 +281,7 @@ def targets(table: Results) -> list[tuple[str, str, bool | None]]:
                 check(name, text, ok=entry["ratio"] <= 2 and entry["ran_twice"] == 0)
         else:
             check(name)
-    for name, measured, ok in report_service.targets(table):
+    for name, measured, ok in [*report_service.targets(table), *report_waits.targets(table)]:
         check(name, measured, ok=ok)
     return found
 
@@ -472,6 +473,12 @@ def _raw_lines(raw: list[dict[str, Any]]) -> list[str]:
                 f"{r['sagas_per_s']:,.0f}/s (pickup {r['pickup_p50_ms']:.1f}"
                 f"/{r['pickup_p99_ms']:.1f} ms)"
             )
+        elif r.get("workload") == "waits":
+            grouped[key].append(
+                f"{r['sagas_per_s']:,.0f}/s (resume {r['resume_p50_ms']:.1f}"
+                f"/{r['resume_p99_ms']:.1f} ms, {r['rss_tenth_to_all_bytes_per_saga']:,.0f} B RSS "
+                f"and {r['store_bytes_per_saga']:,.0f} B stored per parked saga)"
+            )
         elif "sagas_per_s" in r:
             grouped[key].append(f"{r['sagas_per_s']:,.0f}/s")
         elif "bytes_per_saga" in r:
@@ -517,8 +524,8 @@ def page(report: dict[str, Any], table: Results, png_name: str | None) -> str:
         "it the peers from PyPI (pinned in `bench/requirements-peers.txt`) and this project "
         "(editable); the project's dependencies do not change. PostgreSQL cases use "
         "`postgresql://postgres@127.0.0.1:5432/test` (or `BENCH_PG_DSN`) to create the "
-        "databases `lexigram_bench`, `lexigram_recovery`, `lexigram_service`, `dbos_bench` and "
-        "`dbos_service`, and are skipped with "
+        "databases `lexigram_bench`, `lexigram_recovery`, `lexigram_service`, `lexigram_waits`, "
+        "`dbos_bench`, `dbos_service` and `dbos_waits`, and are skipped with "
         "a note when no server answers. Raw results: `bench/results/latest.json`.",
         "",
         "## Machine",
@@ -571,6 +578,7 @@ def page(report: dict[str, Any], table: Results, png_name: str | None) -> str:
         *recovery_table(table),
         "",
         *report_service.section(table, options, machine["nproc"]),
+        *report_waits.section(table, options, report["command"]),
         "## What runs",
         "",
         "- **The saga**: three steps, each updating the context (`reserve`, `charge`, "
@@ -656,6 +664,10 @@ def main() -> None:
     print("\n".join(recovery_table(table)))
     print()
     print("\n".join(report_service.service_table(table)))
+    print()
+    print("\n".join(report_waits.memory_table(table)))
+    print()
+    print("\n".join(report_waits.signal_table(table)))
     png_name = None
     if args.png:
         plot(table, args.png, report["options"]["rounds"])

@@ -12,17 +12,22 @@
    the other, in an order rotated every round (A,B,C then B,C,A ...). A service case is
    one process per (system, store) of ``bench/systems/service_bench.py``, which starts the
    enqueuer and the worker processes itself and reports one result per worker count
-   (1, 2, 4), each kept as a case of its own (``service/<store>/<workers>``);
+   (1, 2, 4), each kept as a case of its own (``service/<store>/<workers>``). A waits case
+   is one process per (system, store) of ``bench/systems/waits_bench.py`` (a worker and a
+   client process of its own, many parked sagas): it runs in the first
+   ``--waits-rounds`` rounds only (one by default: parking 100,000 sagas takes minutes);
 4. saves every raw result in ``bench/results/latest.json``, then writes
    ``docs/benchmarks.md`` and ``docs/benchmarks-throughput.png`` from it (``bench/report.py``,
    medians over the rounds and the ratio of lexigram to each peer).
 
 Options (``make bench BENCH_ARGS="--quick"``): ``--quick`` (shorter batches, fewer
 levels, 2,000 sagas for recovery and memory, fewer sagas and a shorter idle window for
-the service cases: a few minutes), ``--rounds``, ``--seconds``,
-``--only sqlite,recovery`` (cases whose key contains one of the words; such a partial
-run writes ``latest-partial.json`` and leaves the docs alone), ``--profile`` (also
-profile lexigram's in-memory and SQLite paths), ``--pg-dsn`` (or ``BENCH_PG_DSN``).
+the service cases, 10,000 parked sagas instead of 100,000 for the waits cases: a few
+minutes), ``--rounds``, ``--seconds``, ``--only sqlite,recovery`` or ``--only waits``
+(cases whose key contains one of the words; such a partial run writes
+``latest-partial.json`` and leaves the docs alone), ``--profile`` (also profile
+lexigram's in-memory and SQLite paths), ``--pg-dsn`` (or ``BENCH_PG_DSN``), and the
+sizes of the waits cases (``--waits-n`` and the others: ``--help``).
 Everything but the final docs lives under ``bench/results/`` (git-ignored).
 """
 
@@ -73,6 +78,8 @@ class Case:
 
 
 SERVICE_WORKERS = (1, 2, 4)
+WAITS_CONCURRENCY = 200
+"""``serve(concurrency=...)`` of the waits cases' lexigram worker."""
 
 
 def service_dbos_n(service_n: int) -> int:
@@ -80,7 +87,28 @@ def service_dbos_n(service_n: int) -> int:
     return max(service_n // 10, 100)
 
 
-def build_cases(*, quick: bool, memory_n: int, recovery_n: int, service_n: int) -> list[Case]:
+def waits_plan(args: argparse.Namespace, system: str) -> dict[str, int]:
+    """The sizes of a waits case for ``system``.
+
+    DBOS parks fewer sagas: it starts about 100 a second here, and each waits in its
+    worker's memory.
+    """
+    if system == "lexigram":
+        n, signal_n = args.waits_n, args.waits_signal_n
+    else:
+        n = args.waits_dbos_n
+        signal_n = n // 2
+    return {
+        "n": n,
+        "signal_n": signal_n,
+        "latency_n": args.waits_latency_n,
+        "timer_n": min(args.waits_timer_n, n // 2),
+    }
+
+
+def build_cases(
+    *, quick: bool, memory_n: int, recovery_n: int, service_n: int, waits_n: int
+) -> list[Case]:
     levels = [1, 50, 100] if quick else [1, 10, 50, 100]
     pg_levels = sorted({*levels, 64})
     in_memory = ("handwritten", "lexigram", "sagaz")
@@ -101,6 +129,10 @@ def build_cases(*, quick: bool, memory_n: int, recovery_n: int, service_n: int) 
     # One process per (system, store) runs the three worker counts in turn.
     cases += [
         Case("service", store, max(SERVICE_WORKERS), durable, service_n)
+        for store in ("postgres", "sqlite")
+    ]
+    cases += [
+        Case("waits", store, WAITS_CONCURRENCY, durable, waits_n)
         for store in ("postgres", "sqlite")
     ]
     return cases
@@ -195,6 +227,19 @@ def case_command(python: Path, system: str, case: Case, args: argparse.Namespace
             *("--journal-mode", args.journal_mode, "--synchronous", args.synchronous),
             *common,
         ]
+    if case.workload == "waits":
+        plan = waits_plan(args, system)
+        return [
+            str(python),
+            "-m",
+            "bench.systems.waits_bench",
+            *("--system", system, "--store", case.store),
+            *("--n", str(plan["n"]), "--signal-n", str(plan["signal_n"])),
+            *("--latency-n", str(plan["latency_n"]), "--timer-n", str(plan["timer_n"])),
+            *("--concurrency", str(case.inflight), "--timeout", str(args.timeout / 3)),
+            *("--journal-mode", args.journal_mode, "--synchronous", args.synchronous),
+            *common,
+        ]
     if case.workload == "recovery":
         return [
             str(python),
@@ -245,6 +290,15 @@ def summary(result: dict[str, Any]) -> str:
             f"pickup p50 {result['pickup_p50_ms']:.1f} ms p99 {result['pickup_p99_ms']:.1f} ms"
             f"{idle_text}{wrong}"
         )
+    if result.get("workload") == "waits":
+        wrong = f", {result['wrong']} WRONG" if result.get("wrong") else ""
+        return (
+            f"{result['parked']:,} parked ({result['parked_per_s']:,.0f}/s): worker RSS "
+            f"{result['rss_tenth_to_all_bytes_per_saga']:,.0f} B/saga, store "
+            f"{result['store_bytes_per_saga']:,.0f} B/saga; signalled "
+            f"{result['sagas_per_s']:,.0f} sagas/s, resume p50 {result['resume_p50_ms']:.1f} ms "
+            f"p99 {result['resume_p99_ms']:.1f} ms{wrong}"
+        )
     if result.get("workload") == "recovery":
         return (
             f"fresh {result['fresh_seconds']:.2f}s, recovery {result['recovery_seconds']:.2f}s, "
@@ -280,6 +334,8 @@ def run_rounds(python: Path, cases: list[Case], args: argparse.Namespace) -> lis
     for round_no in range(args.rounds):
         print(f"--- round {round_no + 1}/{args.rounds}", flush=True)
         for case in cases:
+            if case.workload == "waits" and round_no >= args.waits_rounds:
+                continue
             shift = round_no % len(case.systems)
             order = case.systems[shift:] + case.systems[:shift]
             for system in order:
@@ -312,6 +368,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--service-n", type=int, default=None, help="sagas per service run")
     parser.add_argument("--service-latency-n", type=int, default=None)
     parser.add_argument("--service-idle-seconds", type=float, default=None)
+    parser.add_argument("--waits-n", type=int, default=None, help="lexigram's parked sagas")
+    parser.add_argument("--waits-dbos-n", type=int, default=None, help="DBOS's waiting ones")
+    parser.add_argument("--waits-signal-n", type=int, default=None, help="lexigram's signalled")
+    parser.add_argument("--waits-latency-n", type=int, default=None)
+    parser.add_argument("--waits-timer-n", type=int, default=None)
+    parser.add_argument("--waits-rounds", type=int, default=1, help="rounds with waits cases")
     parser.add_argument("--only", default="", help="comma-separated words matched in case keys")
     parser.add_argument("--systems", default="", help="comma-separated systems to run")
     parser.add_argument("--journal-mode", default="WAL", help="SQLite journal_mode (both)")
@@ -335,6 +397,16 @@ def parse_args() -> argparse.Namespace:
         args.service_latency_n = 50 if args.quick else 150
     if args.service_idle_seconds is None:
         args.service_idle_seconds = 3.0 if args.quick else 6.0
+    if args.waits_n is None:
+        args.waits_n = 10_000 if args.quick else 100_000
+    if args.waits_dbos_n is None:
+        args.waits_dbos_n = 600 if args.quick else 2_000
+    if args.waits_signal_n is None:
+        args.waits_signal_n = 2_000 if args.quick else min(10_000, args.waits_n // 2)
+    if args.waits_latency_n is None:
+        args.waits_latency_n = 50 if args.quick else 150
+    if args.waits_timer_n is None:
+        args.waits_timer_n = 1_000 if args.quick else 5_000
     return args
 
 
@@ -378,6 +450,7 @@ def main() -> None:
             memory_n=args.memory_n,
             recovery_n=args.recovery_n,
             service_n=args.service_n,
+            waits_n=args.waits_n,
         ),
         args,
     )
@@ -424,6 +497,9 @@ def main() -> None:
             "service_dbos_n": service_dbos_n(args.service_n),
             "service_latency_n": args.service_latency_n,
             "service_idle_seconds": args.service_idle_seconds,
+            "waits_rounds": min(args.waits_rounds, args.rounds),
+            "waits_concurrency": WAITS_CONCURRENCY,
+            "waits": {system: waits_plan(args, system) for system in ("lexigram", "dbos")},
         },
         "results": results,
         "skipped": skipped,
