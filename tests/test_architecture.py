@@ -73,3 +73,18 @@ def test_no_source_module_is_over_500_lines() -> None:
         if len(p.read_text().splitlines()) > 510
     ]
     assert long == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((ROOT / "ops").rglob("*.py")),
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_the_tools_use_the_public_api(path: Path) -> None:
+    """``ops`` (command, web admin) imports no engine internals and no store internals."""
+    private = {name for name in imports_of(path) if name.startswith("_")}
+    assert private <= {"_engine", "_runtime"}, private
+    if "_engine" in imports_of(path):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and "._engine." in node.module:
+                assert node.module.endswith("._engine.flow"), node.module
