@@ -12,9 +12,10 @@ the SDK and its exporters):
 
 - **Traces**: a span ``saga <name>`` per run of a saga in a worker, with a child span
   ``step <name>`` per step attempt and ``compensate <name>`` per compensation attempt,
-  current while the user code runs (so its own spans are children). Attributes:
-  ``saga.id``, ``saga.name``, ``saga.step``, ``saga.attempt``, ``saga.outcome``,
-  ``saga.worker``. A failed attempt or a saga that did not complete gets status ``ERROR``.
+  current while the user code runs (so its own spans are children). Attributes: on the
+  run's span ``saga.id``, ``saga.name``, ``saga.worker``, ``saga.outcome``; on an
+  attempt's ``saga.step``, ``saga.attempt``, ``saga.outcome``. A failed attempt or a saga
+  that did not complete gets status ``ERROR``.
 - **Propagation**: ``start()``/``enqueue()`` store the caller's trace context in the
   saga's metadata (``metadata["trace"]``, W3C ``traceparent``/``tracestate`` through the
   configured propagator), and the worker's run span continues it: an HTTP request that
@@ -23,7 +24,7 @@ the SDK and its exporters):
   ``sagas.failed`` (by ``saga.name``); histograms ``sagas.duration`` (stored to terminal),
   ``sagas.step.duration`` (per attempt, by name, step and outcome) and
   ``sagas.pickup_latency`` (stored to its first run: the queueing delay of enqueued
-  sagas); up-down counters ``sagas.in_flight`` (runs in this worker) and ``sagas.parked``
+  sagas); up-down counters ``sagas.in_flight`` (observed: runs in this worker) and ``sagas.parked``
   (parks minus resumes: summed over workers, the sagas waiting).
 
 Importing ``lexigram.events.sagas`` never imports this module nor OpenTelemetry; a manager
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from contextvars import Token
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +44,7 @@ try:
     from opentelemetry import context as otel_context
     from opentelemetry import metrics, propagate, trace
     from opentelemetry.context import Context
+    from opentelemetry.metrics import CallbackOptions, Observation
     from opentelemetry.trace import Span, Status, StatusCode
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
@@ -99,8 +102,13 @@ class SagaTelemetry:
         self._pickup = meter.create_histogram(
             "sagas.pickup_latency", "s", "From a saga's storing to its first run"
         )
-        self._in_flight = meter.create_up_down_counter(
-            "sagas.in_flight", "{saga}", "Sagas running in this worker"
+        # Bounded caches: one entry per saga name, step and outcome of the registered flows.
+        self._labels: dict[tuple[str, str], str] = {}
+        self._names: dict[str, dict[str, str]] = {}
+        self._step_attributes: dict[tuple[str, str, str], dict[str, str]] = {}
+        self._running: dict[str, int] = {}
+        self._in_flight = meter.create_observable_up_down_counter(
+            "sagas.in_flight", [self._observe_running], "{saga}", "Sagas running in this worker"
         )
         self._parked = meter.create_up_down_counter(
             "sagas.parked", "{saga}", "Sagas parked minus parked sagas resumed"
@@ -122,20 +130,28 @@ class SagaTelemetry:
         """Open the run's span (continuing the stored trace) and count the run."""
         try:
             record = run.record
+            name = record.saga_name
             carrier = record.metadata.get(_TRACE_KEY)
             parent = propagate.extract(carrier) if isinstance(carrier, dict) else None
-            attributes = self._attributes(run)
-            run.observed = self.tracer.start_span(
-                f"saga {record.saga_name}", context=parent, attributes=attributes
+            span = self.tracer.start_span(
+                self._label("saga", name),
+                context=parent,
+                attributes={
+                    "saga.id": record.saga_id,
+                    "saga.name": name,
+                    "saga.worker": self.worker_id,
+                },
             )
-            name = {"saga.name": record.saga_name}
-            self._in_flight.add(1, name)
+            # The span, and the context its attempts' spans start in (made once a run).
+            run.observed = (span, trace.set_span_in_context(span))
+            self._running[name] = self._running.get(name, 0) + 1
+            by_name = self._by_name(name)
             if record.status is SagaStatus.PENDING and record.previous_owner is None:
-                self._started.add(1, name)
+                self._started.add(1, by_name)
                 if record.created_at is not None:
-                    self._pickup.record(_since(record.created_at), name)
+                    self._pickup.record(_since(record.created_at), by_name)
             if run.resumed is not None:
-                self._parked.add(-1, name)
+                self._parked.add(-1, by_name)
         except Exception:
             logger.debug("could not record a run's start", exc_info=True)
 
@@ -143,17 +159,23 @@ class SagaTelemetry:
         """Close the run's span with its outcome; count how the saga ended."""
         try:
             record = run.record
-            name = {"saga.name": record.saga_name}
-            self._in_flight.add(-1, name)
+            name = record.saga_name
+            left = self._running.get(name, 1) - 1
+            if left > 0:
+                self._running[name] = left
+            else:
+                self._running.pop(name, None)
             if outcome == "parked":
-                self._parked.add(1, name)
+                self._parked.add(1, self._by_name(name))
             elif outcome in self._ended:
-                self._ended[outcome].add(1, name)
+                self._ended[outcome].add(1, self._by_name(name))
                 if record.created_at is not None and record.completed_at is not None:
                     seconds = (record.completed_at - record.created_at).total_seconds()
-                    self._duration.record(max(seconds, 0.0), {**name, "saga.outcome": outcome})
-            span = run.observed
-            if isinstance(span, Span):
+                    attributes = {"saga.name": name, "saga.outcome": outcome}
+                    self._duration.record(max(seconds, 0.0), attributes)
+            observed = run.observed
+            if isinstance(observed, tuple):
+                span: Span = observed[0]
                 span.set_attribute("saga.outcome", outcome)
                 if _UNFINISHED.get(outcome):
                     span.set_status(Status(StatusCode.ERROR, record.error or outcome))
@@ -165,16 +187,21 @@ class SagaTelemetry:
     def attempt_begins(
         self, run: SagaRun, step: str, attempt: int, *, compensation: bool
     ) -> object:
-        """Open the attempt's span as a child of the run's, current while user code runs."""
+        """Open the attempt's span as a child of the run's, current while user code runs.
+
+        The attempt's span names the step and attempt; the saga's id, name and worker are
+        on its parent, the run's span.
+        """
         try:
-            parent = run.observed
-            context = trace.set_span_in_context(parent) if isinstance(parent, Span) else None
-            attributes = self._attributes(run)
-            attributes.update({"saga.step": step, "saga.attempt": attempt})
+            observed = run.observed
+            context = observed[1] if isinstance(observed, tuple) else None
+            attributes: dict[str, Any] = {"saga.step": step, "saga.attempt": attempt}
             if compensation:
                 attributes["saga.compensation"] = True
             verb = "compensate" if compensation else "step"
-            span = self.tracer.start_span(f"{verb} {step}", context=context, attributes=attributes)
+            span = self.tracer.start_span(
+                self._label(verb, step), context=context, attributes=attributes
+            )
             token = otel_context.attach(trace.set_span_in_context(span))
         except Exception:
             logger.debug("could not record an attempt's start", exc_info=True)
@@ -199,20 +226,34 @@ class SagaTelemetry:
                 span.set_status(Status(StatusCode.ERROR, outcome.error))
             span.set_attribute("saga.outcome", result)
             span.end()
-            self._step_duration.record(
-                time.perf_counter() - token.started,
-                {"saga.name": token.saga_name, "saga.step": token.step, "saga.outcome": result},
-            )
+            key = (token.saga_name, token.step, result)
+            attributes = self._step_attributes.get(key)
+            if attributes is None:
+                attributes = self._step_attributes.setdefault(
+                    key, {"saga.name": key[0], "saga.step": key[1], "saga.outcome": result}
+                )
+            self._step_duration.record(time.perf_counter() - token.started, attributes)
         except Exception:
             logger.debug("could not record an attempt's end", exc_info=True)
 
-    def _attributes(self, run: SagaRun) -> dict[str, Any]:
-        record = run.record
-        return {
-            "saga.id": record.saga_id,
-            "saga.name": record.saga_name,
-            "saga.worker": self.worker_id,
-        }
+    def _label(self, verb: str, name: str) -> str:
+        """``"saga order"``, ``"step charge"``: span names, made once each."""
+        key = (verb, name)
+        label = self._labels.get(key)
+        if label is None:
+            label = self._labels.setdefault(key, f"{verb} {name}")
+        return label
+
+    def _by_name(self, name: str) -> dict[str, str]:
+        """The metric attributes of one saga name, made once (never changed)."""
+        attributes = self._names.get(name)
+        if attributes is None:
+            attributes = self._names.setdefault(name, {"saga.name": name})
+        return attributes
+
+    def _observe_running(self, _options: CallbackOptions) -> Iterable[Observation]:
+        """``sagas.in_flight``: the runs of this worker, by saga name, when collected."""
+        return [Observation(count, self._by_name(name)) for name, count in self._running.items()]
 
 
 class _Attempt:
