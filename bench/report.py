@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench import report_service, report_waits
+from bench import report_otel, report_service, report_waits
 
 SYSTEM_NAMES = {
     "lexigram": "lexigram",
@@ -74,6 +74,7 @@ def aggregate(raw: list[dict[str, Any]]) -> Results:
             "n",
             *report_service.FIELDS,
             *report_waits.FIELDS,
+            *report_otel.FIELDS,
         ):
             values = [float(r[field]) for r in rows if field in r]
             if values:
@@ -281,7 +282,11 @@ def targets(table: Results) -> list[tuple[str, str, bool | None]]:
                 check(name, text, ok=entry["ratio"] <= 2 and entry["ran_twice"] == 0)
         else:
             check(name)
-    for name, measured, ok in [*report_service.targets(table), *report_waits.targets(table)]:
+    for name, measured, ok in [
+        *report_service.targets(table),
+        *report_waits.targets(table),
+        *report_otel.targets(table),
+    ]:
         check(name, measured, ok=ok)
     return found
 
@@ -479,6 +484,11 @@ def _raw_lines(raw: list[dict[str, Any]]) -> list[str]:
                 f"/{r['resume_p99_ms']:.1f} ms, {r['rss_tenth_to_all_bytes_per_saga']:,.0f} B RSS "
                 f"and {r['store_bytes_per_saga']:,.0f} B stored per parked saga)"
             )
+        elif r.get("workload") in ("otel", "otel-instructions"):
+            unit = "/s" if r["workload"] == "otel" else " instructions per saga"
+            suffix = "_sagas_per_s" if r["workload"] == "otel" else "_instructions_per_saga"
+            values = "/".join(f"{r[f'{v}{suffix}']:,.0f}" for v in ("off", "sdk", "noop"))
+            grouped[key].append(f"A/B/C {values}{unit}")
         elif "sagas_per_s" in r:
             grouped[key].append(f"{r['sagas_per_s']:,.0f}/s")
         elif "bytes_per_saga" in r:
@@ -579,6 +589,7 @@ def page(report: dict[str, Any], table: Results, png_name: str | None) -> str:
         "",
         *report_service.section(table, options, machine["nproc"]),
         *report_waits.section(table, options, report["command"]),
+        *report_otel.section(table, options, machine["nproc"]),
         "## What runs",
         "",
         "- **The saga**: three steps, each updating the context (`reserve`, `charge`, "
@@ -668,6 +679,10 @@ def main() -> None:
     print("\n".join(report_waits.memory_table(table)))
     print()
     print("\n".join(report_waits.signal_table(table)))
+    print()
+    print("\n".join(report_otel.timed_table(table)))
+    print()
+    print("\n".join(report_otel.instructions_table(table)))
     png_name = None
     if args.png:
         plot(table, args.png, report["options"]["rounds"])

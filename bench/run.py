@@ -15,19 +15,26 @@
    (1, 2, 4), each kept as a case of its own (``service/<store>/<workers>``). A waits case
    is one process per (system, store) of ``bench/systems/waits_bench.py`` (a worker and a
    client process of its own, many parked sagas): it runs in the first
-   ``--waits-rounds`` rounds only (one by default: parking 100,000 sagas takes minutes);
+   ``--waits-rounds`` rounds only (one by default: parking 100,000 sagas takes minutes).
+   An otel case (``otel/sqlite/<in flight>``) is one process of
+   ``bench/systems/otel_bench.py`` timing the SQLite workload without instrumentation,
+   with the OpenTelemetry SDK exporting nowhere and with the API's no-op providers, in
+   turn (``--otel-batches`` cycles); ``otel-instructions/memory/1`` counts the same
+   variants' instructions per saga with callgrind, in the first round only (the counts do
+   not change from round to round);
 4. saves every raw result in ``bench/results/latest.json``, then writes
    ``docs/benchmarks.md`` and ``docs/benchmarks-throughput.png`` from it (``bench/report.py``,
    medians over the rounds and the ratio of lexigram to each peer).
 
 Options (``make bench BENCH_ARGS="--quick"``): ``--quick`` (shorter batches, fewer
 levels, 2,000 sagas for recovery and memory, fewer sagas and a shorter idle window for
-the service cases, 10,000 parked sagas instead of 100,000 for the waits cases: a few
-minutes), ``--rounds``, ``--seconds``, ``--only sqlite,recovery`` or ``--only waits``
-(cases whose key contains one of the words; such a partial run writes
-``latest-partial.json`` and leaves the docs alone), ``--profile`` (also profile
-lexigram's in-memory and SQLite paths), ``--pg-dsn`` (or ``BENCH_PG_DSN``), and the
-sizes of the waits cases (``--waits-n`` and the others: ``--help``).
+the service cases, 10,000 parked sagas instead of 100,000 for the waits cases, fewer
+otel cycles: a few minutes), ``--rounds``, ``--seconds``, ``--only sqlite,recovery``,
+``--only waits`` or ``--only otel`` (cases whose key contains one of the words; such a
+partial run writes ``latest-partial.json`` and leaves the docs alone), ``--profile``
+(also profile lexigram's in-memory and SQLite paths), ``--pg-dsn`` (or ``BENCH_PG_DSN``),
+the sizes of the waits cases (``--waits-n`` and the others: ``--help``) and
+``--otel-batches``.
 Everything but the final docs lives under ``bench/results/`` (git-ignored).
 """
 
@@ -80,6 +87,10 @@ class Case:
 SERVICE_WORKERS = (1, 2, 4)
 WAITS_CONCURRENCY = 200
 """``serve(concurrency=...)`` of the waits cases' lexigram worker."""
+OTEL_LEVELS = (1, 50)
+"""Sagas in flight of the otel cases: sequential (fsync-bound) and batched (CPU-bound)."""
+FIRST_ROUND_ONLY = ("otel-instructions",)
+"""Workloads run in the first round only: instruction counts are the same every round."""
 
 
 def service_dbos_n(service_n: int) -> int:
@@ -135,6 +146,9 @@ def build_cases(
         Case("waits", store, WAITS_CONCURRENCY, durable, waits_n)
         for store in ("postgres", "sqlite")
     ]
+    # What OpenTelemetry instrumentation costs (three variants in one process).
+    cases += [Case("otel", "sqlite", k, ("lexigram",)) for k in OTEL_LEVELS]
+    cases.append(Case("otel-instructions", "memory", 1, ("lexigram",)))
     return cases
 
 
@@ -240,6 +254,16 @@ def case_command(python: Path, system: str, case: Case, args: argparse.Namespace
             *("--journal-mode", args.journal_mode, "--synchronous", args.synchronous),
             *common,
         ]
+    if case.workload in ("otel", "otel-instructions"):
+        command = [str(python), "-m", "bench.systems.otel_bench"]
+        if case.workload == "otel-instructions":
+            return [*command, "--instructions"]
+        return [
+            *command,
+            *("--inflight", str(case.inflight), "--batches", str(args.otel_batches)),
+            *("--seconds", str(args.seconds), "--workdir", str(RESULTS / "work")),
+            *("--journal-mode", args.journal_mode, "--synchronous", args.synchronous),
+        ]
     if case.workload == "recovery":
         return [
             str(python),
@@ -299,6 +323,21 @@ def summary(result: dict[str, Any]) -> str:
             f"{result['sagas_per_s']:,.0f} sagas/s, resume p50 {result['resume_p50_ms']:.1f} ms "
             f"p99 {result['resume_p99_ms']:.1f} ms{wrong}"
         )
+    if result.get("workload") == "otel":
+        return (
+            f"not instrumented {result['off_sagas_per_s']:,.0f}, SDK "
+            f"{result['sdk_sagas_per_s']:,.0f}, no-op {result['noop_sagas_per_s']:,.0f} "
+            f"sagas/s; SDK ÷ off {result['sdk_ratio']:.3f}, no-op ÷ off "
+            f"{result['noop_ratio']:.3f}"
+        )
+    if result.get("workload") == "otel-instructions":
+        off = result["off_instructions_per_saga"]
+        return (
+            f"instructions per saga: not instrumented {off:,.0f}, SDK "
+            f"+{result['sdk_instructions_per_saga'] - off:,.0f}, no-op "
+            f"+{result['noop_instructions_per_saga'] - off:,.0f}; one hooks test "
+            f"{result['check_instructions']:.0f}"
+        )
     if result.get("workload") == "recovery":
         return (
             f"fresh {result['fresh_seconds']:.2f}s, recovery {result['recovery_seconds']:.2f}s, "
@@ -335,6 +374,8 @@ def run_rounds(python: Path, cases: list[Case], args: argparse.Namespace) -> lis
         print(f"--- round {round_no + 1}/{args.rounds}", flush=True)
         for case in cases:
             if case.workload == "waits" and round_no >= args.waits_rounds:
+                continue
+            if case.workload in FIRST_ROUND_ONLY and round_no > 0:
                 continue
             shift = round_no % len(case.systems)
             order = case.systems[shift:] + case.systems[:shift]
@@ -374,6 +415,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--waits-latency-n", type=int, default=None)
     parser.add_argument("--waits-timer-n", type=int, default=None)
     parser.add_argument("--waits-rounds", type=int, default=1, help="rounds with waits cases")
+    parser.add_argument("--otel-batches", type=int, default=None, help="cycles per otel case")
     parser.add_argument("--only", default="", help="comma-separated words matched in case keys")
     parser.add_argument("--systems", default="", help="comma-separated systems to run")
     parser.add_argument("--journal-mode", default="WAL", help="SQLite journal_mode (both)")
@@ -407,6 +449,8 @@ def parse_args() -> argparse.Namespace:
         args.waits_latency_n = 50 if args.quick else 150
     if args.waits_timer_n is None:
         args.waits_timer_n = 1_000 if args.quick else 5_000
+    if args.otel_batches is None:
+        args.otel_batches = 5 if args.quick else 9
     return args
 
 
@@ -500,6 +544,7 @@ def main() -> None:
             "waits_rounds": min(args.waits_rounds, args.rounds),
             "waits_concurrency": WAITS_CONCURRENCY,
             "waits": {system: waits_plan(args, system) for system in ("lexigram", "dbos")},
+            "otel_batches": args.otel_batches,
         },
         "results": results,
         "skipped": skipped,
