@@ -185,9 +185,9 @@ async def test_schema_version_mismatch_names_both_versions(db_path: Path) -> Non
     async with SQLiteSagaStore(db_path) as reopened:
         with pytest.raises(SchemaVersionError) as caught:
             await reopened.load("s-1")
-    assert (caught.value.found_version, caught.value.supported_version) == ("7", 2)
+    assert (caught.value.found_version, caught.value.supported_version) == ("7", 3)
     assert "schema version 7" in str(caught.value)
-    assert "schema version 2" in str(caught.value)
+    assert "schema version 3" in str(caught.value)
 
 
 async def test_foreign_table_with_the_same_name_is_refused(db_path: Path) -> None:
@@ -613,3 +613,227 @@ async def test_recover_runs_every_saga_around_a_misfiled_row(db_path: Path) -> N
                 "SELECT lease_owner FROM lexigram_sagas WHERE saga_id = 'misfiled'"
             ).fetchone()
         assert owner == (None,)
+
+
+# ---------------------------------------------------------------------- operators' reads
+
+
+def correlation_column(path: str | Path, saga_id: str) -> Any:
+    with raw(path) as conn:
+        (value,) = conn.execute(
+            "SELECT correlation_id FROM lexigram_sagas WHERE saga_id = ?", (saga_id,)
+        ).fetchone()
+    return value
+
+
+async def traced_saves(store: SQLiteSagaStore, record: SagaRecord) -> list[str]:
+    """Save ``record``; return the first word of each data statement the save ran."""
+    statements: list[str] = []
+
+    def trace(conn: sqlite3.Connection, on: bool) -> None:
+        conn.set_trace_callback(statements.append if on else None)
+
+    await run_on_thread(store, trace, True)
+    try:
+        await store.save(record)
+    finally:
+        await run_on_thread(store, trace, False)
+    return [s.split()[0] for s in statements if not s.startswith(("BEGIN", "COMMIT"))]
+
+
+@pytest.mark.parametrize("own", [True, False], ids=["saga-id", "caller-id"])
+async def test_saves_keep_the_correlation_column_in_one_statement(
+    db_path: Path, *, own: bool
+) -> None:
+    """Inserts write the column; updates that keep the id run one statement, as before."""
+    record = make_record("s-1")
+    record.metadata["correlation_id"] = "s-1" if own else "order-7"
+    async with SQLiteSagaStore(db_path) as store:
+        await store.load("warm-up")
+        assert await traced_saves(store, record) == ["INSERT"]
+        assert correlation_column(db_path, "s-1") == record.correlation_id
+        assert await traced_saves(store, record) == ["UPDATE"]
+        assert correlation_column(db_path, "s-1") == record.correlation_id
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [(None, "order-7"), ("order-7", "order-8"), ("order-7", None), ("order-7", 42)],
+    ids=["set", "changed", "removed", "not-text"],
+)
+async def test_a_step_changing_the_correlation_id_rewrites_the_column(
+    store: SagaStore, before: str | None, after: object
+) -> None:
+    """The save after ``ctx.metadata["correlation_id"]`` changed stores the new id."""
+    assert isinstance(store, SQLiteSagaStore)
+    record = make_record("s-1")
+    record.metadata = {} if before is None else {"correlation_id": before}
+    await store.save(record)
+    record.metadata = {} if after is None else {"correlation_id": after}
+    assert await traced_saves(store, record) == ["UPDATE", "UPDATE"]
+    now = record.correlation_id
+    assert now == (after if isinstance(after, str) else "s-1")
+    assert correlation_column(store.path, "s-1") == now
+    assert [r.saga_id for r in await store.list(correlation_id=now)] == ["s-1"]
+    assert await store.list(correlation_id=before or "s-1") == []
+    assert await traced_saves(store, record) == ["UPDATE"]  # the id is stored now
+
+
+async def test_a_stale_save_of_a_new_correlation_id_is_a_conflict(store: SagaStore) -> None:
+    """Neither form of the update writes a row at another version."""
+    assert isinstance(store, SQLiteSagaStore)
+    record = make_record("s-1")
+    await store.save(record)
+    stale = await store.load("s-1")
+    assert stale is not None
+    await store.save(record)
+    stale.metadata["correlation_id"] = "order-9"
+    with pytest.raises(ConcurrencyConflictError) as caught:
+        await store.save(stale)
+    assert (caught.value.expected_version, caught.value.actual_version) == (1, 2)
+    assert correlation_column(store.path, "s-1") == "corr-s-1"
+
+
+async def test_a_row_without_the_column_is_mended_by_its_next_save(store: SagaStore) -> None:
+    """A saga an older version inserted (no column) is listed once this version saves it."""
+    assert isinstance(store, SQLiteSagaStore)
+    record = make_record("s-1")
+    await store.save(record)
+    with raw(store.path) as conn:
+        conn.execute("UPDATE lexigram_sagas SET correlation_id = NULL")
+    assert await store.list(correlation_id="corr-s-1") == []
+    await store.save(record)
+    assert [r.saga_id for r in await store.list(correlation_id="corr-s-1")] == ["s-1"]
+
+
+async def test_correlation_ids_with_nul_and_unicode_are_found_exactly(store: SagaStore) -> None:
+    """The column holds any text: a NUL inside an id is compared, never cut at."""
+    for saga_id, correlation_id in [("s-1", "a\x00b"), ("s-2", "a"), ("s-3", "ordre-é😀")]:
+        record = make_record(saga_id)
+        record.metadata["correlation_id"] = correlation_id
+        await store.save(record)
+    assert [r.saga_id for r in await store.list(correlation_id="a\x00b")] == ["s-1"]
+    assert [r.saga_id for r in await store.list(correlation_id="a")] == ["s-2"]
+    assert [r.saga_id for r in await store.list(correlation_id="ordre-é😀")] == ["s-3"]
+
+
+async def test_a_correlation_id_that_is_no_text_is_found_in_the_records(store: SagaStore) -> None:
+    """An earlier version's lone surrogate id (column ``NULL``) is matched by reading rows."""
+    assert isinstance(store, SQLiteSagaStore)
+    for index in range(4):
+        await store.save(make_record(f"s-{index}", created_at=BASE_TIME + timedelta(index)))
+    with raw(store.path) as conn:
+        for saga_id in ("s-0", "s-1", "s-2"):  # as the migration leaves them
+            (doc,) = conn.execute(
+                "SELECT doc FROM lexigram_sagas WHERE saga_id = ?", (saga_id,)
+            ).fetchone()
+            conn.execute(
+                "UPDATE lexigram_sagas SET doc = ?, correlation_id = NULL WHERE saga_id = ?",
+                (doc.replace(f'"corr-{saga_id}"', '"x\\ud800"'), saga_id),
+            )
+        conn.execute("UPDATE lexigram_sagas SET correlation_id = NULL WHERE saga_id = 's-3'")
+    found = await store.list(correlation_id="x\ud800")
+    assert [r.saga_id for r in found] == ["s-2", "s-1", "s-0"]
+    paged = await store.list(correlation_id="x\ud800", limit=1, offset=1)
+    assert [r.saga_id for r in paged] == ["s-1"]
+    assert await store.list(correlation_id="\ud800") == []
+
+
+async def test_offset_counts_unreadable_rows_so_no_saga_is_left_out(
+    store: SagaStore, corrupt_row: CorruptRow
+) -> None:
+    """Pages past an unreadable row may repeat a saga (as on PostgreSQL), never skip one."""
+    assert isinstance(store, SQLiteSagaStore)
+    for index in range(4):
+        await store.save(make_record(f"s-{index}", created_at=BASE_TIME + timedelta(hours=index)))
+    await corrupt_row(store, "bad")
+    with raw(store.path) as conn:  # between s-1 and s-2
+        conn.execute(
+            "UPDATE lexigram_sagas SET created_at_us = ? WHERE saga_id = 'bad'",
+            (to_us(BASE_TIME + timedelta(minutes=90)),),
+        )
+    pages = [[r.saga_id for r in await store.list(limit=2, offset=offset)] for offset in (0, 2, 4)]
+    assert pages == [["s-3", "s-2"], ["s-1", "s-0"], ["s-0"]]
+
+
+async def test_a_saga_without_a_creation_time_is_listed_as_of_the_epoch(
+    store: SagaStore,
+) -> None:
+    """``created_at=None`` is ordered and filtered as the epoch, as the other stores do."""
+    undated = make_record("undated")
+    undated.created_at = None
+    await store.save(undated)
+    await store.save(make_record("dated"))
+    assert [r.saga_id for r in await store.list()] == ["dated", "undated"]
+    assert [r.saga_id for r in await store.list(created_before=BASE_TIME)] == ["undated"]
+    later = await store.list(created_after=datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC))
+    assert [r.saga_id for r in later] == ["dated"]
+
+
+@pytest.mark.parametrize(
+    ("filters", "error"),
+    [
+        ({"correlation_id": 7}, "correlation_id must be a str"),
+        ({"created_after": datetime(2026, 1, 1)}, "created_after must be a timezone"),  # noqa: DTZ001
+        ({"created_before": "2026-01-01"}, "created_before must be a timezone"),
+        ({"waiting": "yes"}, "waiting must be a bool"),
+    ],
+)
+async def test_bad_filters_are_refused_naming_themselves(
+    store: SagaStore, filters: dict[str, Any], error: str
+) -> None:
+    """A filter of the wrong type is a ``TypeError`` naming it, before any SQL runs."""
+    with pytest.raises(TypeError, match=error):
+        await store.list(**filters)
+
+
+async def test_counts_skip_a_status_edited_by_hand(store: SagaStore) -> None:
+    """A row whose status is no saga status is counted nowhere (and breaks nothing)."""
+    assert isinstance(store, SQLiteSagaStore)
+    await store.save(make_record("s-1"))
+    await store.save(make_record("s-2"))
+    with raw(store.path) as conn:
+        conn.execute("UPDATE lexigram_sagas SET status = 'bogus' WHERE saga_id = 's-2'")
+    counts = await store.counts()
+    assert (counts["running"], sum(counts.values())) == (1, 1)
+
+
+async def test_listing_filters_read_their_indexes(store: SagaStore) -> None:
+    """Each operators' filter reads an index in creation order: no scan, no sort."""
+    assert isinstance(store, SQLiteSagaStore)
+    await store.load("create-the-schema")
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    none: dict[str, Any] = dict.fromkeys(
+        ("saga_name", "status", "waiting", "correlation_id", "created_after", "created_before")
+    )
+    cases = {
+        "correlation_id=?": {**none, "correlation_id": "c"},
+        "correlation_id=? AND created_at_us>? AND created_at_us<?": {
+            **none,
+            "saga_name": "orders",
+            "status": SagaStatus.RUNNING,
+            "waiting": True,
+            "correlation_id": "c",
+            "created_after": at,
+            "created_before": at,
+        },
+        "created_at_us>? AND created_at_us<?": {**none, "created_after": at, "created_before": at},
+        "saga_name=? AND created_at_us>?": {**none, "saga_name": "orders", "created_after": at},
+    }
+    with raw(store.path) as conn:
+        for searched, filters in cases.items():
+            query = store._reads.query(**filters)
+            plan = " / ".join(
+                row[3]
+                for row in conn.execute(
+                    "EXPLAIN QUERY PLAN " + query.statement, (*query.params, 10, 0)
+                )
+            )
+            assert plan.startswith("SEARCH lexigram_sagas USING INDEX"), plan
+            assert plan.endswith(f"({searched})"), plan
+            assert "TEMP B-TREE" not in plan
+        by_name = store._reads.counts("orders")
+        plan = " / ".join(
+            row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + by_name.statement, ("o",))
+        )
+    assert plan.startswith("SEARCH lexigram_sagas USING INDEX lexigram_sagas_name (saga_name=?)")

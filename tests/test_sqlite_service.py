@@ -1,7 +1,7 @@
 """SQLiteSagaStore's service primitives, beyond the conformance suite.
 
-Schema 2 and its migration, claims that stay cheap, cancel requests, and
-``wait_for_work`` across processes.
+Schema migrations from 1, claims that stay cheap, cancel requests, and ``wait_for_work``
+across processes (durable waits and the migration from schema 2: ``test_sqlite_waits``).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "sagas.db"
 
 
-# ---------------------------------------------------------------------- schema 1 -> 2
+# ---------------------------------------------------------------------- schema 1 -> 3
 
 # The layout of schema version 1, as the first release created it.
 V1_DDL = """
@@ -95,7 +95,7 @@ def v1_document(record: SagaRecord) -> str:
     """The document as schema 1 wrote it: without the fields added since."""
     data = json.loads(encode_record(record))
     for key in ("not_before", "cancel_requested_at", "cancel_reason", "redrives"):
-        del data[key]
+        data.pop(key, None)  # the codec leaves out the fields at their defaults
     return json.dumps(data)
 
 
@@ -135,7 +135,7 @@ def schema_of(path: Path) -> tuple[str, set[str], set[str]]:
 
 
 async def test_a_schema_1_table_is_migrated_and_its_rows_stay_readable(db_path: Path) -> None:
-    """Opening a v1 file adds the columns and indexes; its rows load and take the new features."""
+    """Opening a v1 file adds the columns, indexes and tables of 2 and 3; its rows load."""
     old = make_record("old-1", status=SagaStatus.RUNNING, data={"k": "v"})
     done = make_record("old-done", status=SagaStatus.COMPLETED)
     make_v1_file(db_path, old, done)
@@ -149,11 +149,17 @@ async def test_a_schema_1_table_is_migrated_and_its_rows_stay_readable(db_path: 
             0,
         )
         version, columns, indexes = schema_of(db_path)
-        assert version == "2"
-        assert {"not_before_us", "cancel_requested_at_us", "cancel_reason"} <= columns
+        assert version == "3"
+        assert {
+            "not_before_us",
+            "cancel_requested_at_us",
+            "cancel_reason",
+            "waiting_kind",
+            "waiting_signal",
+        } <= columns
         assert {
             f"lexigram_sagas_{name}"
-            for name in ("live", "queued", "scheduled", "expiry", "holder", "cancels")
+            for name in ("live", "queued", "scheduled", "expiry", "holder", "cancels", "parked")
         } <= indexes
         assert "lexigram_sagas_active" not in indexes  # replaced by _live
         # the new features, on the old rows
@@ -174,7 +180,8 @@ async def test_a_schema_1_table_is_migrated_and_its_rows_stay_readable(db_path: 
         again = await reopened.load("old-1")
         assert again is not None
         assert again.cancel_reason == "stop"
-        assert schema_of(db_path)[0] == "2"
+        assert await reopened.send_signal("old-1", "approval", {}, "sig-1")
+        assert schema_of(db_path)[0] == "3"
 
 
 async def test_a_failed_migration_leaves_the_schema_1_table_as_it_was(db_path: Path) -> None:
@@ -200,16 +207,16 @@ async def test_processes_migrating_one_file_at_once_both_work(db_path: Path) -> 
     async with SQLiteSagaStore(db_path) as store:
         stored = {r.saga_id for r in await store.list(limit=1000)}
     assert stored == {"old-1", *first, *second}
-    assert schema_of(db_path)[0] == "2"
+    assert schema_of(db_path)[0] == "3"
 
 
 async def test_a_newer_schema_is_refused(db_path: Path) -> None:
     """A file of a schema version this code does not know is never migrated or written."""
     make_v1_file(db_path, make_record("old-1"))
     with raw(db_path) as conn:
-        conn.execute("UPDATE lexigram_sagas_meta SET value = '3'")
+        conn.execute("UPDATE lexigram_sagas_meta SET value = '4'")
     async with SQLiteSagaStore(db_path) as store:
-        with pytest.raises(SagaStoreError, match="schema version 3"):
+        with pytest.raises(SagaStoreError, match="schema version 4"):
             await store.load("old-1")
     assert "not_before_us" not in schema_of(db_path)[1]
 

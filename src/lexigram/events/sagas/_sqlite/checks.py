@@ -1,4 +1,4 @@
-"""Checks of the arguments ``SQLiteSagaStore``'s service methods take (loop side).
+"""Checks of the arguments ``SQLiteSagaStore`` and its service methods take (loop side).
 
 Each raises a ``TypeError`` or ``ValueError`` naming the argument, before anything is
 queued to the store's thread.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection
 
-__all__ = ["saga_ids", "text", "wait_timeout"]
+__all__ = ["choice", "saga_ids", "text", "wait_timeout"]
 
 
 def text(name: str, value: object) -> str:
@@ -21,6 +21,19 @@ def text(name: str, value: object) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, got {type(value).__name__}")
     return value
+
+
+def choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
+    """``value`` in upper case, if that is one of the ``allowed`` settings.
+
+    Raises:
+        ValueError: it is none of them.
+    """
+    chosen = value.upper() if isinstance(value, str) else None
+    if chosen not in allowed:
+        options = ", ".join(repr(option) for option in allowed)
+        raise ValueError(f"{name} must be one of {options}; got {value!r}")
+    return chosen
 
 
 def saga_ids(name: str, ids: object) -> frozenset[str]:

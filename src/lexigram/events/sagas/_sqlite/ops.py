@@ -1,7 +1,8 @@
 """The operations ``SQLiteSagaStore`` runs on its worker thread, and their conversions.
 
-The SQL text and the row layout are in ``sql``. For the lease and cancel fields the
-columns are the truth: :func:`to_record` decodes the document and overlays them.
+The SQL text and the row layout are in ``sql``. For ``not_before`` and the lease and
+cancel fields the columns are the truth: :func:`to_record` decodes the document and
+overlays them. The signal operations are in ``signals``.
 
 ``saga_name`` and ``status`` must agree with the document: claims and listings filter on
 those columns, and would otherwise hand out a saga of another name or status. A row edited
@@ -24,7 +25,13 @@ from typing import Any
 from lexigram.events.sagas._leases import LeasePolicy
 from lexigram.events.sagas._logging import log_fields
 from lexigram.events.sagas._sqlite.sql import Statements
-from lexigram.events.sagas.codec import decode_record, encode_record, format_time, parse_time
+from lexigram.events.sagas.codec import (
+    EPOCH,
+    decode_record,
+    encode_record,
+    format_time,
+    parse_time,
+)
 from lexigram.events.sagas.errors import ConcurrencyConflictError, CorruptRecordError
 from lexigram.events.sagas.types import SagaRecord
 
@@ -41,7 +48,6 @@ __all__ = [
     "request_cancel",
     "save",
     "save_params",
-    "select",
     "to_record",
     "to_us",
 ]
@@ -66,10 +72,14 @@ def from_us(value: object, field: str, saga_id: str) -> datetime | None:
 # ---------------------------------------------------------------------- loop side
 
 
-def save_params(record: SagaRecord) -> tuple[Any, ...]:
+def save_params(record: SagaRecord) -> tuple[tuple[Any, ...], tuple[bool, bool]]:
     """Encode ``record`` for ``save`` (on the event loop, before anything is queued).
 
-    The document is written with the version the save will give the record.
+    Returns the statement's parameters and the kind of save, the key of
+    ``Statements.saves``: whether the saga is parked (its statements also take
+    ``record.waiting``'s kind and signal) and whether its correlation id is its saga id
+    (its statements then take no correlation id). The document is written with the
+    version the save will give the record.
 
     Raises:
         SagaDataError: a value cannot be stored as JSON (nothing was written).
@@ -80,6 +90,14 @@ def save_params(record: SagaRecord) -> tuple[Any, ...]:
         doc = encode_record(record)  # valid UTF-8, as SQLite's TEXT needs, or SagaDataError
     finally:
         record.version = version
+    wait = record.waiting  # copied into columns for send_signal and list(waiting=)
+    waits = () if wait is None else (wait.kind, wait.signal)
+    saga_id = record.saga_id
+    # record.correlation_id, inlined: the property call would cost ~1,000 instructions
+    # more per save (callgrind; the whole of save_params is ~118,000).
+    correlation_id = record.metadata.get("correlation_id", saga_id)
+    own = correlation_id == saga_id or not isinstance(correlation_id, str)
+    correlation = () if own else (correlation_id,)
     shared = (
         to_us(record.not_before),
         to_us(record.updated_at),
@@ -92,17 +110,20 @@ def save_params(record: SagaRecord) -> tuple[Any, ...]:
         doc,
     )
     if version == 0:  # an insert stores the record's own cancel request (update: never)
-        return (
-            record.saga_id,
+        params: tuple[Any, ...] = (
+            saga_id,
             record.saga_name,
             record.status.value,
-            to_us(record.created_at),
-            shared[0],
+            to_us(record.created_at or EPOCH),  # ordered and filtered as the epoch
             to_us(record.cancel_requested_at),
             record.cancel_reason,
-            *shared[1:],
+            *waits,
+            *shared,
+            *correlation,
         )
-    return (record.status.value, version + 1, *shared, record.saga_id, version)
+    else:
+        params = (record.status.value, version + 1, *waits, *shared, *correlation, saga_id, version)
+    return params, (wait is not None, own)
 
 
 # ---------------------------------------------------------------------- thread side
@@ -115,7 +136,10 @@ def _check(value: object, kind: type, field: str, saga_id: str, *, optional: boo
 
 
 def to_record(row: tuple[Any, ...]) -> SagaRecord:
-    """Build a record from a row: the document, overlaid with the lease and cancel columns.
+    """Build a record from a row: the document, overlaid with the columns that are truth.
+
+    Those are the lease and cancel columns, and ``not_before_us`` (which ``send_signal``
+    and ``wake`` set without rewriting the document).
 
     Raises:
         CorruptRecordError: the document is not a saga record of this row's id, its name
@@ -135,6 +159,7 @@ def to_record(row: tuple[Any, ...]) -> SagaRecord:
         attempts,
         cancel_at,
         cancel_reason,
+        not_before,
     ) = row
     if not isinstance(doc, str | bytes):
         raise CorruptRecordError("the stored document is not text", saga_id=saga_id, field="doc")
@@ -158,21 +183,37 @@ def to_record(row: tuple[Any, ...]) -> SagaRecord:
     record.recovery_attempts = _check(attempts, int, "recovery_attempts", saga_id, optional=False)
     record.cancel_requested_at = from_us(cancel_at, "cancel_requested_at_us", saga_id)
     record.cancel_reason = _check(cancel_reason, str, "cancel_reason", saga_id, optional=True)
+    record.not_before = from_us(not_before, "not_before_us", saga_id)
     return record
 
 
-def save(conn: sqlite3.Connection, sql: Statements, expected: int, params: tuple[Any, ...]) -> None:
+def save(
+    conn: sqlite3.Connection,
+    sql: Statements,
+    expected: int,
+    params: tuple[Any, ...],
+    kind: tuple[bool, bool],
+) -> None:
     """Insert (``expected`` 0) or update version ``expected``; raise on a conflict.
 
-    ``params`` come from :func:`save_params`.
+    ``params`` and ``kind`` come from :func:`save_params`. An update whose row does not
+    hold the record's correlation id yet changes nothing, and is followed by the one that
+    writes it (``SaveStatements``): a save changes the row with one statement at most.
 
     Raises:
         ConcurrencyConflictError: the stored version is not ``expected``.
     """
-    cursor = conn.execute(sql.update if expected else sql.insert, params)
-    if cursor.rowcount == 1:
-        return
-    saga_id = params[-2] if expected else params[0]
+    statements = sql.saves[kind]
+    if not expected:
+        if conn.execute(statements.insert, params).rowcount == 1:
+            return
+        saga_id = params[0]
+    else:
+        if conn.execute(statements.update, params).rowcount == 1:
+            return
+        if conn.execute(statements.rewrite, params).rowcount == 1:
+            return
+        saga_id = params[-2]
     found = conn.execute(sql.version_of, (saga_id,)).fetchone()
     raise ConcurrencyConflictError(
         saga_id, expected_version=expected, actual_version=None if found is None else found[0]
@@ -185,46 +226,23 @@ def load(conn: sqlite3.Connection, sql: Statements, saga_id: str) -> SagaRecord 
     return None if row is None else to_record(row)
 
 
-def select(
-    conn: sqlite3.Connection, query: str, params: tuple[Any, ...], limit: int | None
-) -> list[SagaRecord]:
-    """Return the readable records a listing query finds, up to ``limit`` (``None``: all).
-
-    ``query`` ends with ``LIMIT ?`` when ``limit`` is given. Unreadable rows are logged
-    and skipped; the query is repeated past them until ``limit`` records are found or no
-    rows are left, so one bad row never hides the sagas after it.
-    """
-    skipped: set[str] = set()
-    while True:
-        want = None if limit is None else limit + len(skipped)
-        rows = conn.execute(query, params if want is None else (*params, want)).fetchall()
-        records: list[SagaRecord] = []
-        for row in rows:
-            try:
-                records.append(to_record(row))
-            except CorruptRecordError as exc:
-                if row[0] not in skipped:
-                    skipped.add(row[0])
-                    logger.error(  # noqa: TRY400 - no traceback needed
-                        "list: skipping unreadable saga %s: %s",
-                        row[0],
-                        exc,
-                        extra=log_fields(saga_id=row[0], saga_name=row[1]),
-                    )
-        if want is None or limit is None:
-            return records
-        if len(records) >= limit or len(rows) < want:
-            return records[:limit]
-
-
 def delete(conn: sqlite3.Connection, sql: Statements, saga_id: str) -> bool:
-    """Delete one saga; return whether it existed."""
+    """Delete one saga and its signals; return whether it existed."""
+    conn.execute(sql.delete_signals, (saga_id,))
     return conn.execute(sql.delete, (saga_id,)).rowcount == 1
 
 
 def delete_terminal(conn: sqlite3.Connection, sql: Statements, before: int, limit: int) -> int:
-    """Delete up to ``limit`` terminal sagas completed before ``before``; return how many."""
-    return conn.execute(sql.delete_terminal, (before, limit)).rowcount
+    """Delete up to ``limit`` terminal sagas completed before ``before``, and their signals.
+
+    Returns how many sagas were deleted.
+    """
+    doomed = [saga_id for (saga_id,) in conn.execute(sql.terminal_ids, (before, limit))]
+    if not doomed:
+        return 0
+    ids = json.dumps(doomed)
+    conn.execute(sql.delete_signals_of, (ids,))
+    return conn.execute(sql.delete_ids, (ids,)).rowcount
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,5 +389,8 @@ def cancel_requests(
     return {saga_id: reason if isinstance(reason, str) else "" for saga_id, reason in rows}
 
 
-SINGLE_STATEMENT: frozenset[Callable[..., Any]] = frozenset({save, delete, release})
-"""Writes made of one data-changing statement, which SQLite undoes by itself on failure."""
+SINGLE_STATEMENT: frozenset[Callable[..., Any]] = frozenset({save, release})
+"""Writes that change data with one statement at most, which SQLite undoes by itself on failure.
+
+(A ``save`` may run a second ``UPDATE``, but only after its first changed nothing.)
+"""

@@ -16,16 +16,20 @@ import time
 from typing import Final
 
 from lexigram.events.sagas._logging import log_fields
+from lexigram.events.sagas._sqlite.reads import is_text
 from lexigram.events.sagas._sqlite.sql import SCHEMA_VERSION, Statements
+from lexigram.events.sagas.codec import loads_json
 from lexigram.events.sagas.errors import SagaStoreError, SchemaVersionError
 
-__all__ = ["SchemaVersionError", "connect"]
+__all__ = ["SchemaVersionError", "connect", "fill_correlation_ids"]
 
 logger = logging.getLogger(__name__)
 
 _IN_MEMORY: Final = ("", ":memory:")
-_MIGRATABLE: Final = "1"
-"""The older schema version this one migrates in place."""
+_MIGRATABLE: Final = ("1", "2")
+"""The older schema versions this one migrates in place (1 through 2 to 3)."""
+_FILL_BATCH: Final = 1000
+"""Rows read at once by :func:`fill_correlation_ids`."""
 
 
 def connect(
@@ -82,15 +86,15 @@ def _schema_version(conn: sqlite3.Connection, sql: Statements) -> str | None:
 def _ensure_schema(conn: sqlite3.Connection, sql: Statements, path: str) -> None:
     """Create or migrate the tables once (idempotent across processes); check the version."""
     found = _schema_version(conn, sql)
-    if found is None or found == _MIGRATABLE:
+    if found is None or found in _MIGRATABLE:
         conn.execute("BEGIN IMMEDIATE")  # serialises processes creating the schema at once
         try:
             found = _schema_version(conn, sql)  # what the process before us left
             if found is None:
                 _create_schema(conn, sql, path)
                 found = str(SCHEMA_VERSION)
-            elif found == _MIGRATABLE:
-                _migrate_schema(conn, sql, path)
+            elif found in _MIGRATABLE:
+                _migrate_schema(conn, sql, path, found)
                 found = str(SCHEMA_VERSION)
             conn.execute("COMMIT")
         except BaseException:
@@ -108,10 +112,16 @@ def _ensure_schema(conn: sqlite3.Connection, sql: Statements, path: str) -> None
         )
 
 
-def _migrate_schema(conn: sqlite3.Connection, sql: Statements, path: str) -> None:
-    """Schema 1 to 2, inside the caller's transaction: add the columns and indexes."""
-    for statement in sql.migrate_v1:
+def _migrate_schema(conn: sqlite3.Connection, sql: Statements, path: str, found: str) -> None:
+    """Schema ``found`` (1 or 2) to 3, inside the caller's transaction, one step at a time.
+
+    Each step adds columns, tables and indexes; 1 to 2 also drops an index, 2 to 3 fills
+    the correlation column.
+    """
+    steps = (*sql.migrate_v1, *sql.migrate_v2) if found == "1" else sql.migrate_v2
+    for statement in steps:
         conn.execute(statement)
+    fill_correlation_ids(conn, sql)
     conn.execute(
         f"UPDATE {sql.meta} SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
     )
@@ -119,18 +129,56 @@ def _migrate_schema(conn: sqlite3.Connection, sql: Statements, path: str) -> Non
         "migrated saga table %s in %s from schema version %s to %d",
         sql.table,
         path,
-        _MIGRATABLE,
+        found,
         SCHEMA_VERSION,
         extra=log_fields(),
     )
 
 
+def fill_correlation_ids(conn: sqlite3.Connection, sql: Statements) -> None:
+    r"""Fill the ``correlation_id`` of the rows the migration's SQL left (after it ran).
+
+    Rare: documents with an escape ``\u`` (a control character, a lone surrogate, or the
+    text ``\u``), and documents SQLite's JSON functions refuse. An unreadable document
+    gets its saga id (the row is never listed anyway); an id that SQLite cannot hold as
+    text (a lone surrogate) stays ``NULL`` (``list`` reads those rows: see ``reads``).
+    """
+    after = ""
+    while rows := conn.execute(
+        f'SELECT saga_id, doc FROM "{sql.table}" WHERE correlation_id IS NULL AND saga_id > ? '
+        "ORDER BY saga_id LIMIT ?",
+        (after, _FILL_BATCH),
+    ).fetchall():
+        conn.executemany(
+            f'UPDATE "{sql.table}" SET correlation_id = ? WHERE saga_id = ?',
+            [(_correlation_of(saga_id, doc), saga_id) for saga_id, doc in rows],
+        )
+        after = rows[-1][0]
+
+
+def _correlation_of(saga_id: str, doc: object) -> str | None:
+    """``record.correlation_id`` of a stored document, as the column holds it."""
+    value = None
+    try:
+        text = doc.decode() if isinstance(doc, bytes) else doc
+        if isinstance(text, str):
+            metadata = loads_json(text).get("metadata")
+            value = metadata.get("correlation_id")
+    except (ValueError, RecursionError, AttributeError):  # not JSON, not an object
+        value = None
+    found = value if isinstance(value, str) else saga_id
+    return found if isinstance(found, str) and is_text(found) else None
+
+
 def _create_schema(conn: sqlite3.Connection, sql: Statements, path: str) -> None:
-    taken = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (sql.table,)).fetchone()
+    taken = conn.execute(
+        "SELECT name FROM sqlite_master WHERE name IN (?, ?) ORDER BY name",
+        (sql.table, sql.signals),
+    ).fetchone()
     if taken is not None:
         raise SagaStoreError(
-            f"'{path}' already holds a table '{sql.table}' that lexigram-events did not "
-            f"create (it has no '{sql.table}_meta' table); choose another table name"
+            f"'{path}' already holds a table '{taken[0]}' that lexigram-events did not "
+            f"create (there is no '{sql.table}_meta' table); choose another table name"
         )
     for statement in sql.schema:
         conn.execute(statement)

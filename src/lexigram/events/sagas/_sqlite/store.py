@@ -32,13 +32,14 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Self
 
-from lexigram.events.sagas._sqlite import checks, ops
+from lexigram.events.sagas._sqlite import checks, ops, reads
 from lexigram.events.sagas._sqlite.ops import save_params, to_us
 from lexigram.events.sagas._sqlite.schema import connect
+from lexigram.events.sagas._sqlite.signals import SignalMethods
 from lexigram.events.sagas._sqlite.sql import Statements
 from lexigram.events.sagas._sqlite.watch import Sleepers
 from lexigram.events.sagas._sqlite.worker import Operation, SQLiteWorker
-from lexigram.events.sagas.config import check_list_limit
+from lexigram.events.sagas.config import check_list_limit, check_list_offset
 from lexigram.events.sagas.errors import SagaStoreError, SchemaVersionError
 from lexigram.events.sagas.types import SagaRecord, SagaStatus
 
@@ -55,7 +56,7 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class SQLiteSagaStore:
+class SQLiteSagaStore(SignalMethods):
     """A durable saga store in one SQLite file; several processes may share the file.
 
     Each ``save``, ``claim``, ``release`` returns only once its transaction is committed.
@@ -83,26 +84,32 @@ class SQLiteSagaStore:
     ``previous_owner``, ``recovery_attempts``) are read from their columns, which
     ``claim``, ``renew`` and ``release`` update without rewriting the document; so are
     the cancel request's (``cancel_requested_at``, ``cancel_reason``), which only
-    ``request_cancel`` writes. The schema is created on first use; its version is kept in
-    a ``<table>_meta`` table, and a table of schema version 1 is migrated in place.
+    ``request_cancel`` writes, and ``not_before``, which ``send_signal`` and ``wake`` may
+    set. A copy of ``record.correlation_id`` in a column of its own, written by the saves
+    that change it, serves ``list(correlation_id=)``. Signals are kept in a
+    ``<table>_signals`` table, deleted with their saga. The schema is created on first
+    use; its version is kept in a ``<table>_meta`` table, and a table of schema version 1
+    or 2 is migrated in place.
 
-    ``wait_for_work`` hears at once of enqueues, releases and cancel requests made through
-    this store object; of those made by other processes (or other store objects) it hears
-    by polling SQLite's ``data_version`` (20 to 100 ms apart) while it waits, which also
-    counts their other commits as signs of work.
+    ``wait_for_work`` hears at once of enqueues, releases, cancel requests, signals and
+    wakes made through this store object; of those made by other processes (or other
+    store objects) it hears by polling SQLite's ``data_version`` (20 to 100 ms apart)
+    while it waits, which also counts their other commits as signs of work.
 
     Args:
         path: The database file (created if missing). ``":memory:"`` gives a private
             in-memory database (nothing durable; for tests).
         table: The saga table's name (letters, digits, underscores); the store also
-            creates ``<table>_meta`` and a few indexes named after it.
+            creates ``<table>_meta``, ``<table>_signals`` and a few indexes named after
+            it.
         synchronous: SQLite's ``synchronous`` setting (see above).
         journal_mode: ``"WAL"`` (default: readers never block the writer), or one of
             SQLite's rollback journals ``"DELETE"``, ``"TRUNCATE"``, ``"PERSIST"``.
         busy_timeout: Seconds a write waits for another process's lock before the store
             reports ``SagaStoreUnavailableError``.
-        clock: Returns the current UTC time; judges and stamps leases. It is called on
-            the store's thread.
+        clock: Returns the current UTC time; judges and stamps leases, stamps signals.
+            It is called on the store's thread (and on the event loop, to tell whether a
+            parked saga just saved is due).
 
     Raises:
         ValueError: a setting is invalid (the message names it).
@@ -128,8 +135,8 @@ class SQLiteSagaStore:
             )
         if table.lower().startswith("sqlite_"):
             raise ValueError(f"table must not start with 'sqlite_' (reserved); got {table!r}")
-        self._synchronous = _choice("synchronous", synchronous, _SYNCHRONOUS)
-        self._journal_mode = _choice("journal_mode", journal_mode, _JOURNAL_MODES)
+        self._synchronous = checks.choice("synchronous", synchronous, _SYNCHRONOUS)
+        self._journal_mode = checks.choice("journal_mode", journal_mode, _JOURNAL_MODES)
         if (
             isinstance(busy_timeout, bool)
             or not isinstance(busy_timeout, int | float)
@@ -146,6 +153,7 @@ class SQLiteSagaStore:
         self._busy_timeout = float(busy_timeout)
         self._clock = clock
         self._sql = Statements(table)
+        self._reads = reads.Reads(table)
         self._closed = False
         self._sleepers = Sleepers()
         self._worker = SQLiteWorker(
@@ -215,11 +223,16 @@ class SQLiteSagaStore:
             SagaStoreUnavailableError: the file is locked too long, or an I/O error.
         """
         expected = record.version
-        params = save_params(record)
-        await self._submit(ops.save, self._sql, expected, params, write=True)
+        params, kind = save_params(record)
+        await self._submit(ops.save, self._sql, expected, params, kind, write=True)
         record.version = expected + 1
-        if record.lease_owner is None and self._sleepers and not record.is_terminal:
-            self._sleepers.wake()  # enqueued or redriven: work no one holds
+        if (
+            record.lease_owner is None
+            and self._sleepers
+            and not record.is_terminal
+            and (record.waiting is None or _due(record.not_before, self._clock))
+        ):
+            self._sleepers.wake()  # enqueued or redriven, or parked but due: work no one holds
 
     async def load(self, saga_id: str) -> SagaRecord | None:
         """Return a copy of the saga's record, or ``None``.
@@ -235,9 +248,9 @@ class SQLiteSagaStore:
 
         Unreadable rows are logged (``ERROR``, naming the saga) and skipped.
         """
-        query = self._sql.select_list(by_name=True, status=None, limited=False)
+        query = self._reads.by_name(saga_name)
         found: builtins.list[SagaRecord] = await self._submit(
-            ops.select, query, (saga_name,), None, write=False
+            reads.select, query, None, write=False
         )
         return found
 
@@ -247,33 +260,54 @@ class SQLiteSagaStore:
         saga_name: str | None = None,
         status: SagaStatus | None = None,
         limit: int = 100,
+        waiting: bool | None = None,
+        correlation_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        offset: int = 0,
     ) -> builtins.list[SagaRecord]:
         """Return up to ``limit`` readable sagas matching the filters, newest first.
 
-        Unreadable rows are logged (``ERROR``, naming the saga) and skipped; ``load`` still
-        raises ``CorruptRecordError`` for them.
+        The filters are ``SagaStore.list``'s, each read from an index; ``offset`` is SQL
+        ``OFFSET``, which counts unreadable rows too (see ``_sqlite.reads``). Unreadable
+        rows are logged (``ERROR``, naming the saga) and skipped.
 
         Raises:
-            TypeError: ``limit`` is not an int.
-            ValueError: ``limit`` is negative or above ``config.MAX_LIST_LIMIT``.
+            TypeError: ``limit`` or ``offset`` is not an int, ``waiting`` not a bool or
+                ``None``, ``correlation_id`` not a str, or a time not a timezone-aware
+                datetime.
+            ValueError: ``limit`` or ``offset`` is negative or above
+                ``config.MAX_LIST_LIMIT``.
         """
+        query = self._reads.query(
+            saga_name=saga_name,
+            status=status,
+            waiting=waiting,
+            correlation_id=correlation_id,
+            created_after=created_after,
+            created_before=created_before,
+        )
+        offset = check_list_offset(offset)
         if check_list_limit(limit) == 0:
             return []
-        if status is not None:
-            status = SagaStatus(status)
-        query = self._sql.select_list(by_name=saga_name is not None, status=status, limited=True)
-        params: tuple[Any, ...] = tuple(
-            value
-            for value in (saga_name, None if status is None else status.value)
-            if value is not None
-        )
         found: builtins.list[SagaRecord] = await self._submit(
-            ops.select, query, params, limit, write=False
+            reads.select, query, limit, offset, write=False
+        )
+        return found
+
+    async def counts(self, *, saga_name: str | None = None) -> dict[str, int]:
+        """Count the sagas (of ``saga_name``, or all) by status, and the parked ones.
+
+        One statement, reading every saga (of the name) once. Returns ``{status value:
+        count}`` for every status (zeros included) and ``"waiting"``: the live parked.
+        """
+        found: dict[str, int] = await self._submit(
+            reads.counts, self._reads.counts(saga_name), write=False
         )
         return found
 
     async def delete(self, saga_id: str) -> bool:
-        """Delete the saga; return whether it existed."""
+        """Delete the saga and its signals (one transaction); return whether it existed."""
         existed: bool = await self._submit(ops.delete, self._sql, saga_id, write=True)
         return existed
 
@@ -394,10 +428,11 @@ class SQLiteSagaStore:
     async def wait_for_work(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for a sign of new work; return whether one came.
 
-        Signs: a live saga saved without a lease (an enqueue, a redrive), a release or a
-        cancel request made through this store (at once, once committed), or any commit
-        made to the file by another connection (another process, another store object),
-        seen by polling ``PRAGMA data_version`` on the store's thread while waiting: every
+        Signs: a live saga saved without a lease (an enqueue, a redrive, a parked saga
+        that is due), a release, a cancel request, a signal that made a saga due or a
+        ``wake`` made through this store (at once, once committed), or any commit made to
+        the file by another connection (another process, another store object), seen by
+        polling ``PRAGMA data_version`` on the store's thread while waiting: every
         20 ms after a change, slowing to every 100 ms after half a second of quiet. Such a
         commit may be no work for this worker (another's progress): callers claim after
         every return. Idle, the wait costs ~0.3 % of a core (the thread's wake-ups).
@@ -416,7 +451,10 @@ class SQLiteSagaStore:
         )
 
     async def delete_terminal(self, *, before: datetime, limit: int = 1000) -> int:
-        """Delete up to ``limit`` terminal sagas completed before ``before``; return how many."""
+        """Delete up to ``limit`` terminal sagas completed before ``before``; return how many.
+
+        Their signals go with them, in the same transaction.
+        """
         if limit <= 0:
             return 0
         deleted: int = await self._submit(
@@ -446,12 +484,8 @@ class SQLiteSagaStore:
         await self.close()
 
 
-def _choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
-    chosen = value.upper() if isinstance(value, str) else None
-    if chosen not in allowed:
-        options = ", ".join(repr(option) for option in allowed)
-        raise ValueError(f"{name} must be one of {options}; got {value!r}")
-    return chosen
+def _due(not_before: datetime | None, clock: Callable[[], datetime]) -> bool:
+    return not_before is None or not_before <= clock()
 
 
 def _abandon(worker: SQLiteWorker, path: str) -> None:
