@@ -187,12 +187,10 @@ class OrchestratedStep:
         compensate_failed: Run the compensation also when the action fails (its side
             effect may exist after a lost reply, a timeout, a cancel or a crash loop); the
             compensation sees ``ctx.action_completed`` is ``False``. Needs a compensation.
-        wait_for: Park the saga until a signal of this name arrives (``signal()``); the
-            step then runs with the payload in ``ctx.signal``, and its ``next_step`` may
-            branch on it.
-        wait_timeout: Seconds the step may wait for its signal (or keep polling with
-            ``SagaStepResult.retry_after``); then it fails with ``failure.kind ==
-            "timeout"`` and ``on_failure`` applies.
+        wait_for: Park until this signal arrives; the step sees it in ``ctx.signal``
+            and ``next_step`` may branch on it (see ``docs/waits.md``).
+        wait_timeout: Seconds to wait for the signal (or to keep polling); then the step
+            fails with ``failure.kind == "timeout"`` and ``on_failure`` applies.
         delay: Seconds to wait, after the previous step completed, before the step runs.
     """
 
