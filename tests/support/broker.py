@@ -48,7 +48,7 @@ from lexigram.events.sagas.sqlite import SQLiteSagaStore
 from lexigram.events.sagas.types import SagaStatus
 
 ROOT = Path(__file__).resolve().parents[2]
-WAIT = 15.0
+WAIT = 45.0
 """A safety net against hangs; never reached when a test passes."""
 
 FAST = DeliveryPolicy(
