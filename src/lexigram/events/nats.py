@@ -35,8 +35,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 try:
     import nats.errors
@@ -50,6 +49,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "NatsJetStreamBus needs nats-py: pip install 'lexigram-events[nats]'"
     ) from exc
 
+from lexigram.events._broker import BrokerBus
 from lexigram.events._consumer import (
     Action,
     ConsumerLoop,
@@ -96,7 +96,7 @@ def _check_prefix(value: object) -> str:
     return value
 
 
-class NatsJetStreamBus:
+class NatsJetStreamBus(BrokerBus):
     """Publishes events to a JetStream stream; a durable consumer per group receives them.
 
     Args:
@@ -167,11 +167,6 @@ class NatsJetStreamBus:
     # ------------------------------------------------------------------ names
 
     @property
-    def group(self) -> str | None:
-        """The consumer group (the durable consumer's name)."""
-        return self._group
-
-    @property
     def stream(self) -> str:
         """The JetStream stream."""
         return self._stream
@@ -185,16 +180,6 @@ class NatsJetStreamBus:
     def dead_letter_subject(self) -> str:
         """Where dead letters are published: ``<subject_prefix>.dead``."""
         return f"{self._prefix}.dead"
-
-    @property
-    def registry(self) -> EventRegistry:
-        """The event classes this bus can rebuild."""
-        return self._registry
-
-    @property
-    def policy(self) -> DeliveryPolicy:
-        """The redelivery and dead-letter bounds."""
-        return self._policy
 
     def subject_for(self, event_type: type[DomainEvent] | str) -> str:
         """The subject events of ``event_type`` are published to."""
@@ -279,18 +264,6 @@ class NatsJetStreamBus:
                 await nc.flush(timeout=2)
             await _close_quietly(nc)
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     async def _ensure_stream(self, js: JetStreamContext) -> None:
         try:
             await js.stream_info(self._stream)
@@ -372,21 +345,6 @@ class NatsJetStreamBus:
             logger.warning("could not publish %s %s: %r", event.event_type, event.event_id, exc)
             return Err(exc)
         return Ok(None)
-
-    def subscribe(self, event_type: type[E], handler: Callable[[E], Awaitable[None]]) -> None:
-        """Call ``handler`` for every ``event_type`` event (subclasses included).
-
-        Raises:
-            ValueError: the bus has no ``group``.
-            TypeError: ``event_type`` is not a ``DomainEvent`` subclass.
-        """
-        if self._group is None:
-            raise ValueError("this bus has no group: pass group='<service name>' to subscribe")
-        self._dispatcher.subscribe(event_type, handler)
-
-    def unsubscribe(self, event_type: type[E], handler: Callable[[E], Awaitable[None]]) -> bool:
-        """Stop calling ``handler``; return whether it was subscribed."""
-        return self._dispatcher.unsubscribe(event_type, handler)
 
     # ------------------------------------------------------------------ dead letters
 

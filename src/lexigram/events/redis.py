@@ -36,9 +36,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any, TypeVar
 
 try:
     import redis.asyncio
@@ -51,6 +50,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "RedisStreamsBus needs redis-py: pip install 'lexigram-events[redis]'"
     ) from exc
 
+from lexigram.events._broker import BrokerBus
 from lexigram.events._consumer import (
     Action,
     ConsumerLoop,
@@ -94,7 +94,7 @@ def _default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class RedisStreamsBus:
+class RedisStreamsBus(BrokerBus):
     """Appends events to a Redis stream; a consumer group per service receives them.
 
     Args:
@@ -170,11 +170,6 @@ class RedisStreamsBus:
     # ------------------------------------------------------------------ names
 
     @property
-    def group(self) -> str | None:
-        """The consumer group."""
-        return self._group
-
-    @property
     def consumer(self) -> str:
         """This process's consumer name in the group."""
         return self._consumer
@@ -188,16 +183,6 @@ class RedisStreamsBus:
     def dead_letter_stream(self) -> str:
         """The stream key dead letters are added to."""
         return self._dead_stream
-
-    @property
-    def registry(self) -> EventRegistry:
-        """The event classes this bus can rebuild."""
-        return self._registry
-
-    @property
-    def policy(self) -> DeliveryPolicy:
-        """The redelivery, dead-letter and visibility bounds."""
-        return self._policy
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -259,18 +244,6 @@ class RedisStreamsBus:
                 await self._source.forget_consumer()
         await client.aclose()
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     # ------------------------------------------------------------------ the protocol
 
     async def publish(self, event: DomainEvent) -> Result[None, Exception]:
@@ -297,21 +270,6 @@ class RedisStreamsBus:
             logger.warning("could not publish %s %s: %r", event.event_type, event.event_id, exc)
             return Err(exc)
         return Ok(None)
-
-    def subscribe(self, event_type: type[E], handler: Callable[[E], Awaitable[None]]) -> None:
-        """Call ``handler`` for every ``event_type`` event (subclasses included).
-
-        Raises:
-            ValueError: the bus has no ``group``.
-            TypeError: ``event_type`` is not a ``DomainEvent`` subclass.
-        """
-        if self._group is None:
-            raise ValueError("this bus has no group: pass group='<service name>' to subscribe")
-        self._dispatcher.subscribe(event_type, handler)
-
-    def unsubscribe(self, event_type: type[E], handler: Callable[[E], Awaitable[None]]) -> bool:
-        """Stop calling ``handler``; return whether it was subscribed."""
-        return self._dispatcher.unsubscribe(event_type, handler)
 
 
 class _StreamSource:
