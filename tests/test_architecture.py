@@ -19,6 +19,7 @@ FRONT_ENDS = {
     "_runtime",
     "_subscriptions",
     "_registry",
+    "_orchestration",
 }
 STORES = {"_sqlite", "_postgres", "sqlite", "postgres", "_memory"}
 
